@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Full DAPO training. Every setting can be overridden by an environment variable; extra command-line
+# arguments are passed through to train_dapo.py (they win over everything else).
+#
+#   MODEL_PATH=Qwen/Qwen2.5-7B NUM_PROCESSES=8 ./run_dapo.sh
+#   CONFIG=recipes/cpu_demo.yaml ./run_dapo.sh --max_steps 5
+#
+# With CONFIG set, the YAML recipe supplies the defaults and only the variables you set are passed on.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+PYTHON=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python )}
+CONFIG=${CONFIG:-}
+ARGS=()
+
+# opt VAR --flag default: pass --flag $VAR if VAR is set; else the default, unless a CONFIG recipe is used.
+opt() {
+  local var=$1 flag=$2 default=${3-}
+  if [ -n "${!var-}" ]; then ARGS+=("$flag" "${!var}")
+  elif [ -z "$CONFIG" ] && [ -n "$default" ]; then ARGS+=("$flag" "$default"); fi
+}
+
+[ -n "$CONFIG" ] && ARGS+=(--config "$CONFIG")
+# Model and data
+opt MODEL_PATH                  --model_name_or_path          Qwen/Qwen2.5-7B
+opt DATASET_NAME                --dataset_name                BytedTsinghua-SIA/DAPO-Math-17k
+opt MAX_TRAIN_SAMPLES           --max_train_samples
+opt OUTPUT_DIR                  --output_dir                  outputs/DAPO-TRL
+# Batch: completions per update = PER_DEVICE_BATCH_SIZE x GRADIENT_ACCUMULATION_STEPS x processes
+opt PER_DEVICE_BATCH_SIZE       --per_device_train_batch_size 1
+opt GRADIENT_ACCUMULATION_STEPS --gradient_accumulation_steps 32
+opt NUM_MINI_BATCHES            --num_mini_batches            16
+opt NUM_GENERATIONS             --num_generations             16
+opt NUM_ITERATIONS              --num_iterations
+# Optimisation
+opt LEARNING_RATE               --learning_rate               1e-6
+opt WARMUP_ROLLOUT_STEPS        --warmup_rollout_steps        10
+opt WEIGHT_DECAY                --weight_decay                0.1
+opt MAX_GRAD_NORM               --max_grad_norm               1.0
+opt NUM_TRAIN_EPOCHS            --num_train_epochs            1
+opt MAX_STEPS                   --max_steps
+opt SEED                        --seed                        42
+opt BF16                        --bf16                        true
+# DAPO
+opt LOSS_TYPE                   --loss_type                   dapo
+opt EPSILON                     --epsilon                     0.2
+opt EPSILON_HIGH                --epsilon_high                0.28
+opt DELTA                       --delta                       10.0
+opt BETA                        --beta                        0.0
+opt ENTROPY_COEFF               --entropy_coeff               0.0
+opt APPLY_OVERLONG_PENALTY      --apply_overlong_penalty      true
+opt OVERLONG_BUFFER_LEN         --overlong_buffer_len         4096
+opt OVERLONG_PENALTY_FACTOR     --overlong_penalty_factor     1.0
+opt MASK_TRUNCATED_COMPLETIONS  --mask_truncated_completions
+opt FILTER_GROUPS               --filter_groups_enable        true
+opt FILTER_GROUPS_METRIC        --filter_groups_metric        acc
+opt MAX_FILTER_GEN_BATCHES      --max_filter_gen_batches      10
+opt GEN_BATCH_MULTIPLIER        --gen_batch_multiplier        3
+opt FILTER_GROUPS_ON_LIMIT      --filter_groups_on_limit
+opt FILTER_GROUPS_CARRY_OVER    --filter_groups_carry_over
+opt REWARD_MODE                 --reward_mode                 dapo
+# Generation
+opt MAX_PROMPT_LENGTH           --max_prompt_length           2048
+opt MAX_COMPLETION_LENGTH       --max_completion_length       20480
+opt TEMPERATURE                 --temperature                 1.0
+opt TOP_P                       --top_p                       1.0
+opt USE_VLLM                    --use_vllm
+opt VLLM_MODE                   --vllm_mode
+# Logging and checkpoints
+opt REPORT_TO                   --report_to                   tensorboard
+opt LOGGING_STEPS               --logging_steps               1
+opt SAVE_STEPS                  --save_steps                  50
+opt SAVE_TOTAL_LIMIT            --save_total_limit
+
+# Launcher: plain python for one process, accelerate for several (or with an accelerate config).
+NUM_PROCESSES=${NUM_PROCESSES:-1}
+ACCELERATE_CONFIG=${ACCELERATE_CONFIG:-}
+if [ "$NUM_PROCESSES" -gt 1 ] || [ -n "$ACCELERATE_CONFIG" ]; then
+  LAUNCH=("$PYTHON" -m accelerate.commands.launch --num_processes "$NUM_PROCESSES")
+  [ -n "$ACCELERATE_CONFIG" ] && LAUNCH+=(--config_file "$ACCELERATE_CONFIG")
+  [ "${USE_CPU:-0}" = 1 ] && LAUNCH+=(--cpu)
+  [ -n "${MAIN_PROCESS_PORT:-}" ] && LAUNCH+=(--main_process_port "$MAIN_PROCESS_PORT")
+else
+  LAUNCH=("$PYTHON")
+fi
+
+echo "+ ${LAUNCH[*]} train_dapo.py ${ARGS[*]} $*" >&2
+exec "${LAUNCH[@]}" train_dapo.py "${ARGS[@]}" "$@"
