@@ -57,6 +57,11 @@ class ConsoleLogCallback(TrainerCallback):
         print(line, flush=True)
 
 
+def on_trainer_log(trainer, logs: dict, mode: str) -> None:
+    """Called by DAPOTrainer.log before TRL averages ``trainer._metrics[mode]`` into ``logs``."""
+    add_metric_aliases(trainer._metrics[mode])
+
+
 def default_callbacks(args) -> list:
     return [ConsoleLogCallback()]
 

@@ -257,6 +257,9 @@ class DAPOTrainer(GRPOTrainer):
         self._last_rewards_per_func = rewards_per_func
         mode = "train" if self.model.training else "eval"
         self._metrics[mode]["acc"].append((self._score_column(rewards_per_func) > 0).float().mean().item())
+        if "overlong_penalty" in self.reward_func_names:
+            penalty = rewards_per_func[:, list(self.reward_func_names).index("overlong_penalty")]
+            self._metrics[mode]["overlong/ratio"].append((penalty < 0).float().mean().item())
         return rewards_per_func
 
     def _generate(self, prompts):
@@ -492,9 +495,10 @@ class DAPOTrainer(GRPOTrainer):
                 self._carry = torch.load(carry, map_location=self.accelerator.device)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        # Override: add DAPO's metric names (reward/mean, clip_fraction, ...) next to TRL's.
+        # Override: add DAPO's metric names (reward/mean, clip_fraction, ...) and the sample logs
+        # (logging_utils) before TRL averages the metrics and hands them to TensorBoard / W&B.
         mode = "train" if self.model.training else "eval"
-        logging_utils.add_metric_aliases(self._metrics[mode])
+        logging_utils.on_trainer_log(self, logs, mode)
         super().log(logs, start_time)
 
 
@@ -515,6 +519,18 @@ class DAPOScriptArguments(ScriptArguments):
     system_prompt: str | None = field(default=None, metadata={"help": "Optional system message for every prompt."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Use at most this many training prompts."})
     skip_bad_rows: bool = field(default=False, metadata={"help": "Skip rows without a problem/answer (counted)."})
+    eval_dataset: str | None = field(
+        default=None, metadata={"help": "Held-out set evaluated during training (bundled name, file or Hub id)."}
+    )
+    eval_every_steps: int = field(default=0, metadata={"help": "Evaluate every N optimizer steps (0 = never)."})
+    eval_num_samples: int = field(default=4, metadata={"help": "k: samples per problem (avg@k, pass@k)."})
+    eval_max_problems: int | None = field(default=None, metadata={"help": "Evaluate on the first N problems."})
+    eval_temperature: float = field(default=1.0, metadata={"help": "Validation temperature (reference: 1.0)."})
+    eval_top_p: float = field(default=0.7, metadata={"help": "Validation top_p (reference: 0.7)."})
+    eval_max_new_tokens: int | None = field(
+        default=None, metadata={"help": "Validation completion length (default: --max_completion_length)."}
+    )
+    eval_batch_size: int = field(default=32, metadata={"help": "Completions generated at once during evaluation."})
 
 
 def load_train_dataset(script_args: DAPOScriptArguments, training_args: DAPOConfig, tokenizer=None):
@@ -573,6 +589,13 @@ def main(script_args: DAPOScriptArguments, training_args: DAPOConfig, model_args
         "dtype": model_args.dtype,
         **(training_args.model_init_kwargs or {}),
     }
+    callbacks = logging_utils.default_callbacks(training_args)
+    eval_callback = None
+    if script_args.eval_dataset:
+        import evaluate
+
+        eval_callback = evaluate.make_eval_callback(script_args, training_args, tokenizer)
+        callbacks.append(eval_callback)
     trainer = DAPOTrainer(
         model=model_path,
         reward_funcs=build_reward_funcs(training_args),
@@ -580,8 +603,10 @@ def main(script_args: DAPOScriptArguments, training_args: DAPOConfig, model_args
         train_dataset=train_dataset,
         processing_class=tokenizer,
         peft_config=get_peft_config(model_args),
-        callbacks=logging_utils.default_callbacks(training_args),
+        callbacks=callbacks,
     )
+    if eval_callback is not None:
+        eval_callback.trainer = trainer
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model(training_args.output_dir)
     logging_utils.finish_run(training_args.output_dir)
