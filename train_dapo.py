@@ -136,6 +136,12 @@ class DAPOConfig(GRPOConfig):
     )
 
     def __post_init__(self):
+        if self.bf16 is None and not self.fp16:
+            # TRL turns bf16 on by default, which transformers then rejects on a machine without a bf16 GPU.
+            # Auto: bf16 where the accelerator supports it (reference), fp32 otherwise (CPU demo).
+            from transformers.utils import is_torch_bf16_gpu_available
+
+            self.bf16 = bool(is_torch_bf16_gpu_available()) and not self.use_cpu
         if self.entropy_coeff is not None:
             self.entropy_coef = self.entropy_coeff
         if self.steps_per_generation is None and self.generation_batch_size is None:
@@ -408,8 +414,13 @@ class DAPOTrainer(GRPOTrainer):
         return batch
 
     def _rows_of(self, chunks: dict, cands: list, G: int) -> dict:
+        """This process's rows of the given groups; zero rows (same fields) if it owns none, so that
+        every process still enters the same collectives."""
         parts = [select_rows(chunks[c], list(range(g * G, (g + 1) * G))) for _, c, g in cands]
-        return concat_rows(parts, self._tokenizer.pad_token_id) if parts else {}
+        if not parts:
+            template = next(chunk for key, chunk in sorted(chunks.items(), reverse=True) if chunk)
+            parts = [select_rows(template, [])]
+        return concat_rows(parts, self._tokenizer.pad_token_id)
 
     @staticmethod
     def _owner_index(cands: list) -> list[tuple[int, int]]:
