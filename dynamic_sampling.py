@@ -128,7 +128,7 @@ def concat_rows(batches: Sequence[dict], pad_token_id: int) -> dict:
             )
         side, value = ROW_TENSOR_PADDING[key]
         tensors = [b[key] for b in batches]
-        if side is not None and tensors[0].dim() >= 2 and tensors[0].size(1) != 1:
+        if side is not None and tensors[0].dim() >= 2:
             value = pad_token_id if value == "pad" else value
             width = max(t.size(1) for t in tensors)
             tensors = [_pad_to(t, width, side, value) for t in tensors]

@@ -72,13 +72,20 @@ opt LOGGING_STEPS               --logging_steps               1
 opt SAVE_STEPS                  --save_steps                  50
 opt SAVE_TOTAL_LIMIT            --save_total_limit
 
-# Launcher: plain python for one process, accelerate for several (or with an accelerate config).
+# Launcher: plain python for one process; accelerate (GPU: DDP / DeepSpeed / FSDP via ACCELERATE_CONFIG)
+# for several; torch's launcher for several CPU processes (USE_CPU=1; accelerate's multi-CPU mode needs MPI).
 NUM_PROCESSES=${NUM_PROCESSES:-1}
 ACCELERATE_CONFIG=${ACCELERATE_CONFIG:-}
-if [ "$NUM_PROCESSES" -gt 1 ] || [ -n "$ACCELERATE_CONFIG" ]; then
+USE_CPU=${USE_CPU:-0}
+[ "$USE_CPU" = 1 ] && ARGS+=(--use_cpu true)
+if [ "$USE_CPU" = 1 ] && [ "$NUM_PROCESSES" -gt 1 ]; then
+  LAUNCH=("$PYTHON" -m torch.distributed.run --nproc_per_node "$NUM_PROCESSES" --master_port "${MAIN_PROCESS_PORT:-29500}")
+elif [ "$NUM_PROCESSES" -gt 1 ] || [ -n "$ACCELERATE_CONFIG" ]; then
   LAUNCH=("$PYTHON" -m accelerate.commands.launch --num_processes "$NUM_PROCESSES")
   [ -n "$ACCELERATE_CONFIG" ] && LAUNCH+=(--config_file "$ACCELERATE_CONFIG")
-  [ "${USE_CPU:-0}" = 1 ] && LAUNCH+=(--cpu)
+  [ -n "${NUM_MACHINES:-}" ] && LAUNCH+=(--num_machines "$NUM_MACHINES")
+  [ -n "${MACHINE_RANK:-}" ] && LAUNCH+=(--machine_rank "$MACHINE_RANK")
+  [ -n "${MAIN_PROCESS_IP:-}" ] && LAUNCH+=(--main_process_ip "$MAIN_PROCESS_IP")
   [ -n "${MAIN_PROCESS_PORT:-}" ] && LAUNCH+=(--main_process_port "$MAIN_PROCESS_PORT")
 else
   LAUNCH=("$PYTHON")
