@@ -92,11 +92,15 @@ class _Bundled:
     file: str | None = None  # data/<file>; None for generated sets
     arithmetic_split: str | None = None
     arithmetic_size: int = 0
+    arithmetic_kwargs: tuple = ()  # extra generate_arithmetic(...) settings, as (name, value) pairs
 
 
 ARITHMETIC_TRAIN_SIZE = 2000
 ARITHMETIC_TEST_SIZE = 200
 ARITHMETIC_SEED = 0
+# The easy set uses every 1-digit +/- fact; a quarter of the facts are held out for evaluation.
+ARITHMETIC_EASY_KWARGS = (("operations", ("+", "-")), ("max_digits", 1), ("word_fraction", 0.0), ("test_percent", 25))
+ARITHMETIC_EASY_SIZES = {"train": 101, "test": 25}  # every fact of each split
 
 _BUNDLED: dict[str, _Bundled] = {
     b.name: b
@@ -116,6 +120,15 @@ _BUNDLED: dict[str, _Bundled] = {
         _Bundled("arithmetic_test", ARITHMETIC_TEST_SIZE, "eval",
                  "held-out arithmetic problems, disjoint from `arithmetic`",
                  arithmetic_split="test", arithmetic_size=ARITHMETIC_TEST_SIZE),
+        # Within reach of the embedded 135M model (the CPU demo): "What is 7 + 5?" / "What is 9 - 4?".
+        _Bundled("arithmetic_easy", ARITHMETIC_EASY_SIZES["train"], "train",
+                 "generated 1-digit + and - problems, plain form (the embedded CPU demo)",
+                 arithmetic_split="train", arithmetic_size=ARITHMETIC_EASY_SIZES["train"],
+                 arithmetic_kwargs=ARITHMETIC_EASY_KWARGS),
+        _Bundled("arithmetic_easy_test", ARITHMETIC_EASY_SIZES["test"], "eval",
+                 "held-out 1-digit + and - problems, disjoint from `arithmetic_easy`",
+                 arithmetic_split="test", arithmetic_size=ARITHMETIC_EASY_SIZES["test"],
+                 arithmetic_kwargs=ARITHMETIC_EASY_KWARGS),
     ]
 }
 
@@ -125,7 +138,8 @@ BUNDLED_DATASETS: dict[str, str] = {
 }
 
 # name + split -> bundled name, for `load_dapo_dataset("gsm8k", split="test")`.
-_SPLIT_ALIASES = {("gsm8k", "test"): "gsm8k_test", ("arithmetic", "test"): "arithmetic_test"}
+_SPLIT_ALIASES = {("gsm8k", "test"): "gsm8k_test", ("arithmetic", "test"): "arithmetic_test",
+                  ("arithmetic_easy", "test"): "arithmetic_easy_test"}
 
 
 def describe_bundled() -> str:
@@ -475,7 +489,8 @@ def _load_bundled(name: str):
     if spec.arithmetic_split:
         from arithmetic_data import generate_arithmetic
 
-        rows = generate_arithmetic(spec.arithmetic_size, split=spec.arithmetic_split, seed=ARITHMETIC_SEED)
+        rows = generate_arithmetic(spec.arithmetic_size, split=spec.arithmetic_split, seed=ARITHMETIC_SEED,
+                                   **dict(spec.arithmetic_kwargs))
     else:
         path = os.path.join(DATA_DIR, spec.file)
         if not os.path.exists(path):

@@ -31,7 +31,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from transformers import TrainerCallback
 
 logger = logging.getLogger("dapo.evaluate")
 
@@ -381,9 +380,10 @@ def evaluate_model(
     # Strided shard of the problems; each problem's prompt is tokenized once.
     mine = list(range(rank, len(prompts), num_processes))
     prompt_ids = {}
+    templated = bool(getattr(tokenizer, "chat_template", None))  # a chat template adds its own BOS if any
     for p in mine or [0]:
         text = _render_prompt(tokenizer, prompts[p])
-        prompt_ids[p] = tokenizer(text, add_special_tokens=False)["input_ids"]
+        prompt_ids[p] = tokenizer(text, add_special_tokens=not templated)["input_ids"]
     samples = [(p, j) for p in mine for j in range(k)]
     batches = [samples[i : i + batch_size] for i in range(0, len(samples), batch_size)]
     # With sharded weights (FSDP, ZeRO-3) every forward pass is a collective: all processes must call
@@ -472,7 +472,7 @@ def _problem_of(user_text: str) -> str:
 
 
 # ====================================================================== in-training evaluation
-class EvalCallback(TrainerCallback):
+class _EvalCallbackLogic:
     """Evaluate the trainer's current policy on a held-out set with ``evaluate_model``.
 
     When: before training (``eval_on_start``, step 0: the baseline), every ``every_steps`` optimizer steps
@@ -609,6 +609,29 @@ class EvalCallback(TrainerCallback):
                 trainer.log_completions = log_completions
 
 
+_EVAL_CALLBACK_CLASS = None
+
+
+def _eval_callback_class():
+    """``EvalCallback`` = ``_EvalCallbackLogic`` + ``transformers.TrainerCallback``, built on first use: importing
+    TrainerCallback costs seconds (it pulls in the trainer stack), which the command line does not need."""
+    global _EVAL_CALLBACK_CLASS
+    if _EVAL_CALLBACK_CLASS is None:
+        from transformers import TrainerCallback
+
+        _EVAL_CALLBACK_CLASS = type(
+            "EvalCallback", (_EvalCallbackLogic, TrainerCallback),
+            {"__doc__": _EvalCallbackLogic.__doc__, "__module__": __name__},
+        )
+    return _EVAL_CALLBACK_CLASS
+
+
+def __getattr__(name: str):
+    if name == "EvalCallback":
+        return _eval_callback_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def load_eval_dataset(name: str, *, split: str = "test", template: str = "dapo", system_prompt: str | None = None,
                       max_problems: int | None = None, prompt_column: str | None = None,
                       answer_column: str | None = None):
@@ -619,7 +642,7 @@ def load_eval_dataset(name: str, *, split: str = "test", template: str = "dapo",
                              template=template, system_prompt=system_prompt, max_samples=max_problems, shuffle=False)
 
 
-def make_eval_callback(script_args, training_args, tokenizer) -> EvalCallback:
+def make_eval_callback(script_args, training_args, tokenizer):
     """Build the in-training evaluation from ``DAPOScriptArguments`` / ``DAPOConfig``.
 
     The evaluation set is loaded here, before the model, so a bad name fails early. The training set's
@@ -650,7 +673,7 @@ def make_eval_callback(script_args, training_args, tokenizer) -> EvalCallback:
                        max_new_tokens, script_args.eval_batch_size, prefix="--eval_")
     logger.info("evaluation set %s: %d problems x %d samples, every %s steps", script_args.eval_dataset,
                 len(dataset), script_args.eval_num_samples, script_args.eval_every_steps or "(start/end only)")
-    return EvalCallback(
+    return _eval_callback_class()(
         dataset,
         tokenizer,
         every_steps=script_args.eval_every_steps,

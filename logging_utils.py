@@ -160,15 +160,16 @@ def on_trainer_log(trainer, logs: dict, mode: str) -> None:
 
 
 def _quiet_progress_bar(trainer) -> None:
-    """With our console line active, stop the progress bar from also printing the raw metric dict of
-    every optimizer step (other logs, e.g. eval results and the final summary, are still printed)."""
-    from transformers.trainer_callback import ProgressCallback
+    """With our console line active, stop the progress bar (or, with --disable_tqdm, the printer) from also
+    printing the raw metric dict of every optimizer step; other logs (eval results, the final summary) are
+    still printed. The full dicts are in TensorBoard / W&B and ``trainer.state.log_history``."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     callbacks = trainer.callback_handler.callbacks
     if not any(isinstance(cb, ConsoleLogCallback) for cb in callbacks):
         return
     for cb in callbacks:
-        if type(cb) is ProgressCallback and not getattr(cb, "_dapo_quiet", False):
+        if type(cb) in (ProgressCallback, PrinterCallback) and not getattr(cb, "_dapo_quiet", False):
             original = cb.on_log
 
             def on_log(args, state, control, logs=None, _original=original, **kwargs):
@@ -361,7 +362,7 @@ def _inline(value) -> str:
 def write_samples(rows: list[dict], output_dir: str, step: int, tb_writer=None, use_wandb: bool = False) -> None:
     """Append to ``<output_dir>/samples.jsonl``; TensorBoard text panel and W&B table when available."""
     os.makedirs(output_dir, exist_ok=True)
-    with open(os.path.join(output_dir, SAMPLES_FILE), "a", encoding="utf-8") as f:
+    with open(os.path.join(output_dir, SAMPLES_FILE), "a", encoding="utf-8", errors="replace") as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
     if tb_writer is not None:
@@ -375,7 +376,8 @@ def write_samples(rows: list[dict], output_dir: str, step: int, tb_writer=None, 
         if wandb.run is not None:
             columns = [c for c in SAMPLE_FIELDS if c != "rewards"]
             data = [[row[c] for c in columns] for row in rows]
-            wandb.log({SAMPLES_TAG: wandb.Table(columns=columns, data=data), "train/global_step": step})
+            table = wandb.Table(columns=columns, data=data, allow_mixed_types=True)
+            wandb.log({SAMPLES_TAG: table, "train/global_step": step})
 
 
 def _tb_writer(trainer):
@@ -548,6 +550,7 @@ def load_scalars(path: str) -> tuple[dict[str, list[tuple[int, float, float]]], 
     """
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    logging.getLogger("tensorboard").setLevel(logging.WARNING)  # "No path found after ..." at INFO per file
     runs = []
     for directory in event_dirs(path):
         acc = EventAccumulator(directory, size_guidance={"scalars": 0, "tensors": 1, "images": 1,
@@ -559,8 +562,11 @@ def load_scalars(path: str) -> tuple[dict[str, list[tuple[int, float, float]]], 
             continue
         walls = [p[2] for points in data.values() for p in points]
         steps = [p[0] for points in data.values() for p in points]
+        runtime = data.get("train/train_runtime")  # logged by the Trainer when train() ends
+        span = max(walls) - min(walls)
         runs.append({"dir": directory, "data": data, "first_wall": min(walls), "last_wall": max(walls),
-                     "first_step": min(steps), "last_step": max(steps)})
+                     "first_step": min(steps), "last_step": max(steps),
+                     "wall_s": max(span, runtime[-1][1]) if runtime else span})
     runs.sort(key=lambda r: r["first_wall"])
     merged: dict[str, list] = {}
     for run in runs:
@@ -594,12 +600,14 @@ PANELS = [
      [("mean", "train/reward/mean", "train/reward")], {"band": ("train/reward/std", "train/reward_std")}),
     ("Training accuracy", "fraction correct", [("acc", "train/acc")], {"ylim01": True}),
     ("Eval accuracy", "fraction correct", "eval", {"ylim01": True}),
-    ("Response length", "tokens", [("mean", "train/response_length/mean", "train/completions/mean_length"),
-                                   ("max", "train/response_length/max", "train/completions/max_length")], {}),
+    ("Response length", "tokens",
+     [("mean", "train/response_length/mean", "train/completions/mean_length"),
+      ("max", "train/response_length/max", "train/completions/max_length")], {"nonneg": True}),
     ("Entropy (should not collapse)", "nats per token", [("entropy", "train/entropy")], {}),
     ("Clip fraction (clip-higher)", "fraction of tokens",
      [("low (ratio < 1-eps_low, A<0)", "train/clip_fraction/low", "train/clip_ratio/low_mean"),
-      ("high (ratio > 1+eps_high, A>0)", "train/clip_fraction/high", "train/clip_ratio/high_mean")], {}),
+      ("high (ratio > 1+eps_high, A>0)", "train/clip_fraction/high", "train/clip_ratio/high_mean")],
+     {"nonneg": True}),
     ("Dynamic sampling: kept groups", "fraction of generated groups",
      [("kept fraction", "train/dynamic_sampling/kept_fraction")], {"ylim01": True}),
     ("Overlong responses", "fraction of responses",
@@ -609,7 +617,8 @@ PANELS = [
     ("Step time split (last rollout cycle)", "fraction of step time",
      [("generation", "train/timing/generation_frac"), ("scoring", "train/timing/scoring_frac"),
       ("update", "train/timing/update_frac")], {"ylim01": True}),
-    ("Throughput", "tokens per second", [("prompt+completion tokens/s", "train/perf/tokens_per_second")], {}),
+    ("Throughput", "tokens per second", [("prompt+completion tokens/s", "train/perf/tokens_per_second")],
+     {"nonneg": True}),
     ("Loss", "policy loss", [("loss", "train/loss")], {}),
 ]
 
@@ -650,10 +659,10 @@ def render_dashboard(path: str, out: str | None = None) -> str:
     fig = Figure(figsize=(5.2 * ncols, 3.5 * nrows + 0.7), dpi=110, layout="constrained")
     FigureCanvasAgg(fig)
     last_step = max(p[0] for points in scalars.values() for p in points)
-    wall = sum(r["last_wall"] - r["first_wall"] for r in runs)
+    wall = sum(r["wall_s"] for r in runs)
     fig.suptitle(
-        f"DAPO run {os.path.basename(os.path.abspath(path))}: {last_step} optimizer steps, "
-        f"wall time {format_duration(wall)}, {len(runs)} run segment(s)",
+        f"DAPO run: {os.path.basename(os.path.abspath(path))} ({last_step} optimizer steps, "
+        f"wall time {format_duration(wall)}, {len(runs)} run segment(s))",
         fontsize=13, fontweight="bold",
     )
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
@@ -680,10 +689,19 @@ def render_dashboard(path: str, out: str | None = None) -> str:
         ax.set_xlabel("optimizer step")
         ax.set_ylabel(ylabel)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.ticklabel_format(axis="y", useOffset=False)
         ax.grid(True, alpha=0.3)
+        values = [p[1] for _, _, points in series for p in points]
+        lo, hi = min(values), max(values)
         if opts.get("ylim01"):
-            lo, hi = ax.get_ylim()
-            ax.set_ylim(min(lo, 0.0) if lo < 0 else -0.02, max(hi, 1.02) if hi > 1 else 1.02)
+            ax.set_ylim(min(lo, 0.0) - 0.02, max(hi, 1.0) + 0.02)
+        elif hi - lo <= 1e-3 * max(abs(lo), abs(hi)):  # (nearly) flat: no axis of 1e-6 steps
+            pad = max(0.05 * abs(hi), 1e-3)
+            ax.set_ylim(lo - pad, hi + pad)
+        if opts.get("nonneg") and lo >= 0:
+            ax.set_ylim(bottom=0, top=None if hi > 0 else 0.01)
+        if all(v == 0 for v in values):
+            ax.text(0.5, 0.6, "all values are 0", transform=ax.transAxes, ha="center", color="0.4")
         ax.legend(fontsize=8, loc="best")
     for ax in axes[len(panels):]:
         ax.set_visible(False)
@@ -719,10 +737,10 @@ def summarize(path: str) -> str:
     if not scalars:
         raise FileNotFoundError(f"No TensorBoard scalars found under {path} (looked for events.out.tfevents*).")
     last_step = max(p[0] for points in scalars.values() for p in points)
-    wall = sum(r["last_wall"] - r["first_wall"] for r in runs)
+    wall = sum(r["wall_s"] for r in runs)
     lines = [f"# DAPO run summary: {os.path.abspath(path)}", ""]
     lines.append(f"- optimizer steps logged: {last_step}")
-    lines.append(f"- wall time: {format_duration(wall)} (first to last logged event, {len(runs)} run segment(s))")
+    lines.append(f"- wall time: {format_duration(wall)} (training time; {len(runs)} run segment(s) in the event files)")
     _, tokens = _series(scalars, "train/num_tokens")
     if tokens:
         lines.append(f"- tokens sampled (prompt + completion): {int(tokens[-1][1]):,}")
@@ -761,8 +779,9 @@ def health_notes(scalars: dict) -> list[str]:
     _, low = _series(scalars, "train/clip_fraction/low", "train/clip_ratio/low_mean")
     _, high = _series(scalars, "train/clip_fraction/high", "train/clip_ratio/high_mean")
     if low and high and all(p[1] == 0 for p in low + high):
-        notes.append("clip fractions are always 0: the ratio never left the clip range (with num_mini_batches=1 "
-                     "and num_iterations=1 it is always 1, so clip-higher has no effect).")
+        notes.append("clip fractions are always 0: the importance ratio never left [1-eps_low, 1+eps_high]. With "
+                     "num_mini_batches=1 and num_iterations=1 the ratio is always 1 and clip-higher has no effect; "
+                     "otherwise expect small non-zero values (~0.001-0.01) after the first steps.")
     _, kept = _series(scalars, "train/dynamic_sampling/kept_fraction")
     if kept and kept[-1][1] < 0.1:
         notes.append(f"dynamic sampling keeps only {kept[-1][1]:.1%} of the groups: the data is too easy or too "

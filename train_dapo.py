@@ -620,7 +620,7 @@ def main(script_args: DAPOScriptArguments, training_args: DAPOConfig, model_args
         eval_callback.trainer = trainer
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model(training_args.output_dir)
-    logging_utils.finish_run(training_args.output_dir)
+    logging_utils.finish_run(training_args.output_dir, trainer)
 
 
 def make_parser() -> TrlParser:
