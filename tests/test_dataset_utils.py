@@ -75,7 +75,8 @@ def test_dapo_prompt_template_is_exact():
 
 def test_bundled_names_and_describe():
     assert list(du.BUNDLED_DATASETS) == [
-        "gsm8k", "gsm8k_test", "math500", "aime24", "aime25", "amc23", "arithmetic", "arithmetic_test"]
+        "gsm8k", "gsm8k_test", "math500", "aime24", "aime25", "amc23", "arithmetic", "arithmetic_test",
+        "arithmetic_easy", "arithmetic_easy_test"]
     table = du.describe_bundled()
     for name in du.BUNDLED_DATASETS:
         assert re.search(rf"^{name}\s", table, re.M), name
@@ -93,7 +94,19 @@ def test_bundled_data_is_small():
 # ---------------------------------------------------------------------------------------
 
 BUNDLED_ROWS = {"gsm8k": 7473, "gsm8k_test": 1319, "math500": 500, "aime24": 30, "aime25": 30,
-                "amc23": 40, "arithmetic": 2000, "arithmetic_test": 200}
+                "amc23": 40, "arithmetic": 2000, "arithmetic_test": 200, "arithmetic_easy": 101,
+                "arithmetic_easy_test": 25}
+
+
+def test_arithmetic_easy_holds_every_one_digit_fact_once():
+    # 1-digit a + b: 9 x 9 = 81 facts; a - b with b <= a: 9 + 8 + ... + 1 = 45 facts; 126 in all.
+    train, test = load_dapo_dataset("arithmetic_easy"), load_dapo_dataset("arithmetic_easy_test")
+    problems = [re.search(r"What is (\d) ([+-]) (\d)\?", r["prompt"][-1]["content"]) for r in [*train, *test]]
+    facts = {(m.group(1), m.group(2), m.group(3)) for m in problems}
+    assert len(facts) == len(problems) == 126
+    for m, row in zip(problems, [*train, *test]):
+        a, op, b = int(m.group(1)), m.group(2), int(m.group(3))
+        assert row["answer"] == str(a + b if op == "+" else a - b)
 
 
 @pytest.mark.parametrize("name", list(BUNDLED_ROWS))

@@ -203,6 +203,18 @@ def test_evaluate_model_metrics_match_the_recorded_scores(tok, tmp_path):
     assert [r["completion"] for r in again.records] == [r["completion"] for r in recs]
 
 
+def test_shared_prompt_cache_gives_the_same_completions_as_plain_generate(tok):
+    model = tiny_model(tok, seed=2)
+    rows = problems(3)
+    rows[1]["prompt"][0]["content"] = "A much longer question, so that the prompts need left padding: 1 + 1?"
+    kwargs = dict(k=3, temperature=1.0, top_p=0.9, max_new_tokens=6, reward_mode="dapo", batch_size=4, seed=3,
+                  progress=False)
+    shared = evaluate.evaluate_model(model, tok, rows, share_prompt_cache=True, **kwargs)
+    plain = evaluate.evaluate_model(model, tok, rows, share_prompt_cache=False, **kwargs)
+    assert [r["completion"] for r in shared.records] == [r["completion"] for r in plain.records]
+    assert [r["length"] for r in shared.records] == [r["length"] for r in plain.records]
+
+
 def test_evaluate_model_default_verifier_and_greedy(tok):
     from reward_function import verify
 
