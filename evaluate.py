@@ -551,7 +551,8 @@ class _EvalCallbackLogic:
         self.eval_on_end = eval_on_end
         self.dataset_name = dataset_name
         self.trainer = None
-        self.results: dict[int, EvalResult] = {}
+        self.history: dict[int, dict[str, float]] = {}  # step -> summary metrics
+        self.last_result: EvalResult | None = None
 
     # -------------------------------------------------------------- events
     def on_train_begin(self, args, state, control, **kwargs):
@@ -568,7 +569,7 @@ class _EvalCallbackLogic:
     # -------------------------------------------------------------- work
     def _already_logged(self, state) -> bool:
         key = f"eval_avg@{self.k}"
-        return state.global_step in self.results or any(
+        return state.global_step in self.history or any(
             e.get("step") == state.global_step and key in e for e in state.log_history
         )
 
@@ -601,7 +602,8 @@ class _EvalCallbackLogic:
         ):
             result = evaluate_model(model, self.tokenizer, self.dataset, accelerator=acc,
                                     progress=True, desc=f"eval step {step}", **self.eval_kwargs)
-        self.results[step] = result
+        self.history[step] = dict(result.metrics)
+        self.last_result = result
         if acc.is_main_process:
             if self.output_dir:
                 path = os.path.join(self.output_dir, "eval", f"step_{step}.jsonl")

@@ -593,6 +593,7 @@ class CorrectnessReward:
         row_ids = kwargs.get("row_id")
         results = verify_batch(completions, list(gts), self.mode, self.timeout, row_ids=row_ids)
         if log_extra is not None:
+            log_extra("answer", [None if g is None else _printable(str(g)) for g in gts])
             log_extra("pred", [_printable(r["pred"]) for r in results])
             log_extra("acc", [r["acc"] for r in results])
         if log_metric is not None:

@@ -71,6 +71,7 @@ opt REPORT_TO                   --report_to                   tensorboard
 opt LOGGING_STEPS               --logging_steps               1
 opt SAVE_STEPS                  --save_steps                  50
 opt SAVE_TOTAL_LIMIT            --save_total_limit
+opt RESUME                      --auto_resume                 true
 
 # Launcher: plain python for one process; accelerate (GPU: DDP / DeepSpeed / FSDP via ACCELERATE_CONFIG)
 # for several; torch's launcher for several CPU processes (USE_CPU=1; accelerate's multi-CPU mode needs MPI).

@@ -22,6 +22,7 @@ import torch
 from trl import GRPOConfig, GRPOTrainer, ModelConfig, ScriptArguments, TrlParser, get_peft_config
 
 import logging_utils
+import reliability
 from dynamic_sampling import (
     PromptStream,
     concat_rows,
@@ -134,6 +135,15 @@ class DAPOConfig(GRPOConfig):
     entropy_coeff: float | None = field(
         default=None, metadata={"help": "Alias of --entropy_coef (entropy bonus; DAPO uses 0)."}
     )
+    log_samples_every: int = field(
+        default=10,
+        metadata={"help": "Log sampled completions (TensorBoard text, W&B table, samples.jsonl) every N steps (0 = off)."},
+    )
+    num_samples_to_log: int = field(default=8, metadata={"help": "Completions per sample log."})
+    max_nonfinite_updates: int = field(
+        default=3,
+        metadata={"help": "Stop after this many optimizer steps in a row with NaN/inf gradients (each is skipped)."},
+    )
 
     def __post_init__(self):
         if self.bf16 is None and not self.fp16:
@@ -156,6 +166,13 @@ class DAPOConfig(GRPOConfig):
             self.warmup_steps = self.warmup_rollout_steps * self.num_mini_batches * self.num_iterations
         if self.filter_groups_enable:
             validate_filtering(self)
+        rollout = self.num_mini_batches * self.num_iterations
+        if self.save_strategy == "steps" and self.save_steps >= 1 and int(self.save_steps) % rollout:
+            logger.warning(
+                "--save_steps %s is not a multiple of the %d optimizer steps of one rollout: a run resumed from such "
+                "a checkpoint regenerates its rollout mid-way (valid, but not an exact continuation).",
+                self.save_steps, rollout,
+            )
 
     @property
     def rollout_prompts_per_process(self) -> int:
@@ -180,6 +197,15 @@ def validate_dapo_options(cfg: DAPOConfig) -> None:
                 f"--overlong_buffer_len ({cfg.overlong_buffer_len}) must be smaller than --max_completion_length "
                 f"({cfg.max_completion_length}); e.g. a fifth of it (reference 4096 of 20480), or pass "
                 "--apply_overlong_penalty false."
+            )
+    if cfg.use_vllm:
+        # Fail here, before any weights load, rather than in TRL's trainer after the model is loaded.
+        try:
+            import vllm  # noqa: F401
+        except Exception as exc:  # not installed, or installed against a torch it cannot use
+            errors.append(
+                f"--use_vllm is set but vllm cannot be imported ({type(exc).__name__}: {exc}). Install it on a "
+                "CUDA machine with `pip install -r requirements-vllm.txt` (see docs/scaling.md), or drop --use_vllm."
             )
     from reward_function import MODES as REWARD_MODES
 
@@ -253,6 +279,15 @@ class DAPOTrainer(GRPOTrainer):
         if self.args.filter_groups_enable:
             self._prompt_stream = PromptStream(len(self.train_dataset), seed=self.args.seed)
         self._timing = {"generation": 0.0, "scoring": 0.0}
+        self._nonfinite = {"skipped": 0, "in_a_row": 0}
+
+    def create_optimizer(self, *args, **kwargs):
+        # Override: skip (and count) optimizer steps with non-finite gradients (reliability.py).
+        optimizer = super().create_optimizer(*args, **kwargs)
+        if not getattr(optimizer, "_dapo_guarded", False):
+            reliability.guard_optimizer(optimizer, self.args.max_nonfinite_updates, self._nonfinite)
+            optimizer._dapo_guarded = True
+        return optimizer
 
     # ------------------------------------------------------------------ rewards
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
@@ -474,20 +509,20 @@ class DAPOTrainer(GRPOTrainer):
 
     # ------------------------------------------------------------------ checkpoints & logs
     def _save_checkpoint(self, model, trial):
-        # Override: also persist the prompt stream position and carried-over groups.
-        super()._save_checkpoint(model, trial)
+        # Override: also persist the prompt stream position and carried-over groups. They are written
+        # first, so a checkpoint whose trainer_state.json exists (HF writes it last) is complete.
         from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
         folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-        if self._prompt_stream is not None and self.args.should_save:
-            state = {"prompt_stream": self._prompt_stream.state_dict(), "carry_index": self._carry_index}
-            with open(os.path.join(folder, DAPO_STATE_FILE), "w") as f:
-                json.dump(state, f)
-        if self._carry_index:
-            torch.save(
-                self._carry,
-                os.path.join(folder, f"dapo_carry_rank{self.accelerator.process_index}.pt"),
-            )
+        if self._prompt_stream is not None:
+            os.makedirs(folder, exist_ok=True)
+            if self.args.should_save:
+                state = {"prompt_stream": self._prompt_stream.state_dict(), "carry_index": self._carry_index}
+                with open(os.path.join(folder, DAPO_STATE_FILE), "w") as f:
+                    json.dump(state, f)
+            if self._carry_index:
+                torch.save(self._carry, os.path.join(folder, f"dapo_carry_rank{self.accelerator.process_index}.pt"))
+        super()._save_checkpoint(model, trial)
 
     def _load_optimizer_and_scheduler(self, checkpoint):
         # Override: restore what _save_checkpoint added (runs only when resuming).
@@ -509,6 +544,8 @@ class DAPOTrainer(GRPOTrainer):
         # Override: add DAPO's metric names (reward/mean, clip_fraction, ...) and the sample logs
         # (logging_utils) before TRL averages the metrics and hands them to TensorBoard / W&B.
         mode = "train" if self.model.training else "eval"
+        if mode == "train":
+            self._metrics[mode]["reliability/skipped_updates"].append(self._nonfinite["skipped"])
         logging_utils.on_trainer_log(self, logs, mode)
         super().log(logs, start_time)
 
@@ -530,6 +567,10 @@ class DAPOScriptArguments(ScriptArguments):
     system_prompt: str | None = field(default=None, metadata={"help": "Optional system message for every prompt."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Use at most this many training prompts."})
     skip_bad_rows: bool = field(default=False, metadata={"help": "Skip rows without a problem/answer (counted)."})
+    auto_resume: bool = field(
+        default=True,
+        metadata={"help": "Resume from the newest complete checkpoint in --output_dir (incomplete ones are skipped)."},
+    )
     eval_dataset: str | None = field(
         default=None, metadata={"help": "Held-out set evaluated during training (bundled name, file or Hub id)."}
     )
@@ -581,6 +622,18 @@ def main(script_args: DAPOScriptArguments, training_args: DAPOConfig, model_args
     # 1. Everything that can be checked cheaply is checked before any weights load.
     model_utils.check_model_reference(model_args.model_name_or_path)
     load_train_dataset(script_args, training_args)  # schema / column / empty-data errors surface here
+    resume = training_args.resume_from_checkpoint
+    if script_args.auto_resume and resume is None:
+        identity = reliability.run_identity(model_args.model_name_or_path, script_args.dataset_name,
+                                            training_args.seed, training_args.filter_groups_enable)
+        if training_args.process_index == 0:
+            reliability.check_run_identity(training_args.output_dir, identity)
+        resume = reliability.find_resumable_checkpoint(training_args.output_dir, training_args.filter_groups_enable)
+        if resume:
+            logger.info("Resuming from %s (pass --auto_resume false to start over)", resume)
+    elif resume and reliability.checkpoint_problems(resume, training_args.filter_groups_enable):
+        raise ValueError(f"--resume_from_checkpoint {resume}: " + "; ".join(
+            reliability.checkpoint_problems(resume, training_args.filter_groups_enable)))
 
     # 2. Tokenizer, then the real dataset (length-filtered with the tokenizer).
     from transformers import AutoTokenizer
@@ -600,7 +653,8 @@ def main(script_args: DAPOScriptArguments, training_args: DAPOConfig, model_args
         "dtype": model_args.dtype,
         **(training_args.model_init_kwargs or {}),
     }
-    callbacks = logging_utils.default_callbacks(training_args)
+    preemption = reliability.PreemptionCallback()
+    callbacks = [*logging_utils.default_callbacks(training_args), preemption]
     eval_callback = None
     if script_args.eval_dataset:
         import evaluate
@@ -618,7 +672,11 @@ def main(script_args: DAPOScriptArguments, training_args: DAPOConfig, model_args
     )
     if eval_callback is not None:
         eval_callback.trainer = trainer
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.train(resume_from_checkpoint=resume)
+    if preemption.received is not None:
+        logger.warning("Stopped by signal %d after saving a checkpoint; rerun the same command to resume.",
+                       preemption.received)
+        sys.exit(128 + preemption.received)
     trainer.save_model(training_args.output_dir)
     logging_utils.finish_run(training_args.output_dir, trainer)
 
