@@ -556,7 +556,7 @@ class DAPOScriptArguments(ScriptArguments):
     """Data options. --dataset_name takes a bundled short name, a local file or a Hub id."""
 
     dataset_name: str | None = field(
-        default="arithmetic",
+        default="BytedTsinghua-SIA/DAPO-Math-17k",
         metadata={"help": "Bundled name (arithmetic, gsm8k, math500, ...), a .jsonl/.json/.parquet file or a Hub id."},
     )
     prompt_column: str | None = field(default=None, metadata={"help": "Column holding the problem (auto-detected)."})

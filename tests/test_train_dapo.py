@@ -274,3 +274,23 @@ def test_learning_test_fails_if_the_gradient_sign_is_flipped(tmp_path, monkeypat
     monkeypatch.setattr(train_dapo, "group_advantages", lambda *a, **k: -original(*a, **k))
     before, after = _learn(tmp_path)
     assert after < before + 0.05
+
+
+def test_readme_documents_every_flag_and_environment_variable():
+    import dataclasses
+    import re
+
+    from trl import GRPOConfig, ScriptArguments
+
+    from train_dapo import DAPOScriptArguments
+
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    for cls, parent in ((DAPOConfig, GRPOConfig), (DAPOScriptArguments, ScriptArguments)):
+        inherited = {f.name: f for f in dataclasses.fields(parent)}
+        for f in dataclasses.fields(cls):
+            if f.name not in inherited or f.metadata.get("help") != inherited[f.name].metadata.get("help"):
+                assert f"`--{f.name}`" in readme, f"--{f.name} is not documented in README.md"
+    script = open(os.path.join(ROOT, "run_dapo.sh")).read()
+    variables = set(re.findall(r"^opt (\w+)", script, re.M)) | {"NUM_PROCESSES", "ACCELERATE_CONFIG", "USE_CPU", "CONFIG"}
+    for var in variables:
+        assert f"`{var}`" in readme, f"{var} is not documented in README.md"
