@@ -574,7 +574,9 @@ class DAPOScriptArguments(ScriptArguments):
     eval_dataset: str | None = field(
         default=None, metadata={"help": "Held-out set evaluated during training (bundled name, file or Hub id)."}
     )
-    eval_every_steps: int = field(default=0, metadata={"help": "Evaluate every N optimizer steps (0 = never)."})
+    eval_every_steps: int = field(
+        default=0, metadata={"help": "Evaluate every N optimizer steps; always before the first and after the last step."}
+    )
     eval_num_samples: int = field(default=4, metadata={"help": "k: samples per problem (avg@k, pass@k)."})
     eval_max_problems: int | None = field(default=None, metadata={"help": "Evaluate on the first N problems."})
     eval_temperature: float = field(default=1.0, metadata={"help": "Validation temperature (reference: 1.0)."})
