@@ -75,14 +75,34 @@ opt RESUME                      --auto_resume                 true
 
 # Launcher: plain python for one process; accelerate (GPU: DDP / DeepSpeed / FSDP via ACCELERATE_CONFIG)
 # for several; torch's launcher for several CPU processes (USE_CPU=1; accelerate's multi-CPU mode needs MPI).
+# ACCELERATE_CONFIG takes a path or a short name from configs/ (single_gpu, multi_gpu, zero2, zero3,
+# zero3_offload, fsdp2). NUM_PROCESSES counts the processes on ALL machines (accelerate's meaning); with
+# ACCELERATE_CONFIG and no NUM_PROCESSES, the config's num_processes is used. Several machines: run this
+# script once per machine with the same NUM_PROCESSES / NUM_MACHINES / MAIN_PROCESS_IP / MAIN_PROCESS_PORT
+# and MACHINE_RANK 0..NUM_MACHINES-1 (docs/scaling.md, examples/slurm_dapo.sbatch).
+NUM_PROCESSES_SET=${NUM_PROCESSES:-}
 NUM_PROCESSES=${NUM_PROCESSES:-1}
 ACCELERATE_CONFIG=${ACCELERATE_CONFIG:-}
 USE_CPU=${USE_CPU:-0}
+if [ -n "$ACCELERATE_CONFIG" ] && [ ! -f "$ACCELERATE_CONFIG" ] && [ -f "configs/$ACCELERATE_CONFIG.yaml" ]; then
+  ACCELERATE_CONFIG=configs/$ACCELERATE_CONFIG.yaml
+fi
+if [ -n "$ACCELERATE_CONFIG" ] && [ ! -f "$ACCELERATE_CONFIG" ]; then
+  echo "error: ACCELERATE_CONFIG=$ACCELERATE_CONFIG is neither a file nor one of: $(cd configs && ls *.yaml | sed 's/\.yaml$//' | tr '\n' ' ')" >&2
+  exit 2
+fi
+if [ "${NUM_MACHINES:-1}" -gt 1 ]; then
+  if [ -z "$NUM_PROCESSES_SET" ] || [ $((NUM_PROCESSES % NUM_MACHINES)) -ne 0 ]; then
+    echo "error: with NUM_MACHINES=$NUM_MACHINES set NUM_PROCESSES to the total number of processes (GPUs) on all machines, a multiple of NUM_MACHINES" >&2
+    exit 2
+  fi
+fi
 [ "$USE_CPU" = 1 ] && ARGS+=(--use_cpu true)
 if [ "$USE_CPU" = 1 ] && [ "$NUM_PROCESSES" -gt 1 ]; then
   LAUNCH=("$PYTHON" -m torch.distributed.run --nproc_per_node "$NUM_PROCESSES" --master_port "${MAIN_PROCESS_PORT:-29500}")
 elif [ "$NUM_PROCESSES" -gt 1 ] || [ -n "$ACCELERATE_CONFIG" ]; then
-  LAUNCH=("$PYTHON" -m accelerate.commands.launch --num_processes "$NUM_PROCESSES")
+  LAUNCH=("$PYTHON" -m accelerate.commands.launch)
+  if [ -n "$NUM_PROCESSES_SET" ] || [ -z "$ACCELERATE_CONFIG" ]; then LAUNCH+=(--num_processes "$NUM_PROCESSES"); fi
   [ -n "$ACCELERATE_CONFIG" ] && LAUNCH+=(--config_file "$ACCELERATE_CONFIG")
   [ -n "${NUM_MACHINES:-}" ] && LAUNCH+=(--num_machines "$NUM_MACHINES")
   [ -n "${MACHINE_RANK:-}" ] && LAUNCH+=(--machine_rank "$MACHINE_RANK")
