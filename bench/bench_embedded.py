@@ -5,8 +5,9 @@ step, peak memory and token throughput of generation and of the update.
 
 Runs, as subprocesses through the real scripts:
   * the quick test:  bash test_dapo.sh --report_to none --output_dir <tmp>          (recipes/quick_test.yaml)
-  * the demo:        CONFIG=recipes/cpu_demo.yaml bash run_dapo.sh --report_to none --output_dir <tmp>
-                     (full mode only; the recipe's 10 optimizer steps = 5 rollouts)
+  * the demo:        CONFIG=recipes/cpu_demo.yaml bash run_dapo.sh --report_to none --output_dir <tmp> --max_steps 4
+                     (full mode only; 4 of the recipe's 10 optimizer steps = 2 of its 5 rollouts, which on
+                     one thread already take ~6 min; --demo-steps 10 runs the whole recipe)
 with ``PYTHON=bench/logged_python`` so that every logged step is also written to a JSONL file (the run
 is otherwise unchanged), and OMP_NUM_THREADS=1. Peak memory is the process's ru_maxrss (os.wait4).
 Throughput: generation = completion tokens generated / ``timing/generation_s``; update = completion
@@ -46,7 +47,7 @@ def _recipe(path: str) -> dict:
 
 
 def run_case(name: str, recipe: str, script: str, extra: list[str], env_extra: dict | None = None) -> dict:
-    tmp = common.tmpdir(f"embedded_{name}")
+    tmp = common.tmpdir("embedded_" + name.replace(" ", "_"))
     log = Path(tmp) / "log.jsonl"
     out_dir = Path(tmp) / "out"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
@@ -114,13 +115,16 @@ def summarize(logs: list[dict], recipe: dict, extra: list[str]) -> dict:
     }
 
 
-def run(quick: bool = False) -> dict:
+DEMO_STEPS = 4  # of the recipe's 10: one thread needs ~1.5 min per optimizer step, the whole demo ~14 min
+
+
+def run(quick: bool = False, demo_steps: int = DEMO_STEPS) -> dict:
     common.one_thread()
     convert_s = ensure_model()
     t0 = time.perf_counter()
     cases = [run_case("quick test", "recipes/quick_test.yaml", "test_dapo.sh", [])]
     if not quick:
-        cases.append(run_case("cpu demo", "recipes/cpu_demo.yaml", "run_dapo.sh", [],
+        cases.append(run_case("cpu demo", "recipes/cpu_demo.yaml", "run_dapo.sh", ["--max_steps", str(demo_steps)],
                               env_extra={"CONFIG": "recipes/cpu_demo.yaml"}))
     return {"quick": quick, "model_prepare_s": convert_s, "cases": cases, "seconds": time.perf_counter() - t0}
 
@@ -148,8 +152,10 @@ def to_markdown(res: dict) -> str:
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true")
-    res = run(quick=ap.parse_args(argv).quick)
+    ap.add_argument("--quick", action="store_true", help="the quick test only")
+    ap.add_argument("--demo-steps", type=int, default=DEMO_STEPS, help="optimizer steps of the demo (recipe: 10)")
+    opts = ap.parse_args(argv)
+    res = run(quick=opts.quick, demo_steps=opts.demo_steps)
     print(to_markdown(res))
     return res
 

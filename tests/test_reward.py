@@ -479,7 +479,8 @@ def test_correctness_reward_strings_and_logging(caplog):
         log_metric=lambda k, v: metrics.__setitem__(k, v),
     )
     assert scores == [1.0, -1.0, -1.0, -1.0]
-    assert extras == {"pred": ["42", "41", "7", "[INVALID]"], "acc": [True, False, False, False]}
+    assert extras == {"answer": ["42", "42", None, "9"], "pred": ["42", "41", "7", "[INVALID]"],
+                      "acc": [True, False, False, False]}
     assert metrics == {"reward/bad_ground_truth": 1.0}
     assert "row_id='r2'" in caplog.text
 
