@@ -174,10 +174,6 @@ class DAPOConfig(GRPOConfig):
                 self.save_steps, rollout,
             )
 
-    @property
-    def rollout_prompts_per_process(self) -> int:
-        return self.per_device_train_batch_size * self.steps_per_generation // self.num_generations
-
 
 def validate_dapo_options(cfg: DAPOConfig) -> None:
     """Checks that need only the config; each message says what to change."""
