@@ -90,15 +90,31 @@ def test_rewriting_keeps_the_text_outside_the_markers():
     assert run_all.rewrite_section(both, "newer", start, end).count("quick numbers") == 1
 
 
-def test_rendered_section_names_command_machine_and_tables():
-    store = {"benchmarks": {"geneff": {
-        "date": "2025-01-01 00:00 UTC", "command": "python -m bench.run_all --only geneff", "seconds": 60.0,
+def _geneff_entry(date="2025-01-01 00:00 UTC", value=2.0):
+    return {
+        "date": date, "command": "python -m bench.run_all --only geneff", "seconds": 60.0,
         "machine": {"cpu": "Test CPU", "nproc": 2, "ram_gib": 24.0, "torch": "x", "trl": "y"},
         "result": {"rollouts": 1, "group": 4, "rollout_groups": 8, "rows": [
-            {"k": 5, "multiplier": m, "carry_over": c, "generated_per_trained": 2.0, "kept_fraction": 0.5,
+            {"k": 5, "multiplier": m, "carry_over": c, "generated_per_trained": value, "kept_fraction": 0.5,
              "counters_match_reward_calls": True, "groups_reused": 0, "groups_trained": 8}
             for m, c in bench_gen_efficiency.SETTINGS]},
-    }}}
-    text = run_all.render(store, quick=False)
-    assert "make bench" in text and "Test CPU" in text and "| 0.5 | 2.00 |" in text
+    }
+
+
+def test_rendered_section_names_command_machine_and_tables():
+    text = run_all.render({"geneff": _geneff_entry()}, quick=False, machine={"cpu": "Test CPU", "nproc": 2},
+                          total_s=600.0, date="today")
+    assert "make bench" in text and "Test CPU" in text and "| 0.5 | 2.00 |" in text and "10.0 min" in text
     assert text.count("Not run yet.") == len(run_all.BENCHMARKS) - 1
+
+
+def test_a_partial_run_rewrites_only_its_own_subsection():
+    start, end = run_all.markers(quick=False)
+    full = run_all.render({"geneff": _geneff_entry()}, quick=False, machine={"cpu": "Test CPU"}, total_s=60.0,
+                          date="today")
+    text = f"intro\n\n{start}\n{full}\n{end}\n\nnotes\n"
+    new = run_all.update_doc(text, {"geneff": _geneff_entry("2025-02-02 00:00 UTC", 3.0)}, quick=False,
+                             partial=True, machine={}, total_s=None, date=None)
+    assert "| 0.5 | 2.00 | 3.00 |" in new and "2.00 | 2.00 | 2.00" not in new
+    assert new.startswith("intro\n\n") and new.endswith(f"{end}\n\nnotes\n")
+    assert "All five took 1.0 min" in new and new.count("Not run yet.") == len(run_all.BENCHMARKS) - 1
