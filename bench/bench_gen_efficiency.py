@@ -14,7 +14,6 @@ against the number of completions the reward function scored.
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import time
 from pathlib import Path
@@ -138,11 +137,7 @@ def to_markdown(res: dict) -> str:
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true")
-    res = run(quick=ap.parse_args(argv).quick)
-    print(to_markdown(res))
-    return res
+    return common.cli(run, to_markdown, __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ of 2 (when shaping is on), dual clip delta 10 (the DAPOConfig default) in every 
 
 from __future__ import annotations
 
-import argparse
 import math
 import shutil
 import statistics
@@ -177,11 +176,7 @@ def to_markdown(res: dict) -> str:
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true")
-    res = run(quick=ap.parse_args(argv).quick)
-    print(to_markdown(res))
-    return res
+    return common.cli(run, to_markdown, __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ generates more to find them).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import shutil
 import time
@@ -195,11 +194,7 @@ def to_markdown(res: dict) -> str:
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true")
-    res = run(quick=ap.parse_args(argv).quick)
-    print(to_markdown(res))
-    return res
+    return common.cli(run, to_markdown, __doc__, argv)
 
 
 if __name__ == "__main__":

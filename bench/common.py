@@ -174,3 +174,14 @@ def counting(fn, name: str | None = None):
 
 def series(log_history: list[dict], key: str) -> list[float]:
     return [h[key] for h in log_history if key in h and h[key] is not None]
+
+
+def cli(run, to_markdown, doc: str, argv=None) -> dict:
+    """Command line of one benchmark module: ``[--quick]``, run, print its table."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    res = run(quick=ap.parse_args(argv).quick)
+    print(to_markdown(res))
+    return res
