@@ -48,7 +48,7 @@ __all__ = [
     "strip_answer_instruction",
 ]
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("dapo.data")
 
 #: The exact user prompt of DAPO-Math-17k; ``{problem}`` is replaced by the problem text.
 DAPO_PROMPT_TEMPLATE = (

@@ -29,6 +29,8 @@ import math
 import os
 import re
 import sys
+
+from dataset_utils import extract_problem
 import time
 from pathlib import Path
 
@@ -56,7 +58,7 @@ SAMPLES_FILE = "samples.jsonl"
 SUMMARY_FILE = "summary.md"
 DASHBOARD_FILE = "dashboard.png"
 SAMPLES_TAG = "train/samples"  # TensorBoard text panel and W&B table: the same name in both
-SAMPLE_FIELDS = ("step", "index", "prompt", "completion", "answer", "pred", "score", "reward", "advantage", "rewards")
+SAMPLE_FIELDS = ("step", "index", "problem", "prompt", "completion", "answer", "pred", "score", "reward", "advantage", "rewards")
 
 
 def add_metric_aliases(metrics: dict[str, list[float]]) -> None:
@@ -234,7 +236,8 @@ def _score_name(trainer) -> str | None:
 def collect_samples(trainer_logs: dict, step: int, k: int, answers=None, score_name: str | None = None) -> list[dict]:
     """Rows of ``k`` completions spread evenly over TRL's ``trainer._logs`` (the latest rollout).
 
-    Each row: step, index (position in the rollout), prompt (last user message), completion, answer
+    Each row: step, index (position in the rollout), problem (the prompt without the template), prompt (last
+    user message), completion, answer
     (ground truth), pred (the verifier's extracted answer), score (the correctness reward, +-1), reward
     (sum of all reward functions, unweighted), advantage, rewards (per function).
     ``answers(prompts) -> list`` supplies the ground truth when the reward function did not log it
@@ -265,6 +268,7 @@ def collect_samples(trainer_logs: dict, step: int, k: int, answers=None, score_n
             {
                 "step": int(step),
                 "index": int(i),
+                "problem": extract_problem(message_text(prompts[i], role="user")),
                 "prompt": message_text(prompts[i], role="user"),
                 "completion": message_text(completions[i] if i < len(completions) else None, role="assistant"),
                 "answer": None if gts[j] is None else str(gts[j]),
@@ -349,7 +353,7 @@ def samples_markdown(rows: list[dict], step: int) -> str:
             f"score {_fmt(row['score'], '+.2f')} | reward {_fmt(row['reward'], '+.3f')} | "
             f"advantage {_fmt(row['advantage'], '+.3f')}"
         )
-        prompt = row["prompt"][-600:]
+        prompt = row.get("problem", row["prompt"])[-600:]
         completion = row["completion"].replace("```", "'''")
         parts.append(f"{head}\n\n> {_inline(prompt)}\n\n```\n{completion}\n```")
     return "\n\n---\n\n".join(parts)
@@ -437,6 +441,7 @@ def default_callbacks(args) -> list:
 # Metrics measured once per rollout: on the other optimizer steps of the rollout the console shows the
 # last value, marked with CARRIED_MARK.
 ROLLOUT_KEYS = ("reward", "acc", "dynamic_sampling/groups_kept", "dynamic_sampling/groups_generated",
+                "dynamic_sampling/groups_trained",
                 "response_length/mean")
 CARRIED_MARK = "*"
 
@@ -462,8 +467,9 @@ def format_console_line(step: int, max_steps: int, logs: dict, carried: dict, se
     parts = [f"step {step}/{max_steps}" if max_steps and max_steps > 0 else f"step {step}"]
     parts.append(f"reward {value('reward', '+.3f')} acc {value('acc', '.3f')}")
     kept, gen = value("dynamic_sampling/groups_kept", ".0f"), value("dynamic_sampling/groups_generated", ".0f")
+    trained = value("dynamic_sampling/groups_trained", ".0f")
     if kept != "-":
-        parts.append(f"kept {kept.rstrip(CARRIED_MARK)}/{gen} groups")
+        parts.append(f"groups {kept.rstrip(CARRIED_MARK)}/{gen} informative, {trained.rstrip(CARRIED_MARK)} trained")
     parts.append(f"len {value('response_length/mean', '.1f')} tok")
     parts.append(f"entropy {value('entropy', '.3f')}")
     if "clip_ratio/low_mean" in logs or "clip_fraction/low" in logs:

@@ -88,7 +88,7 @@ def check_run_identity(output_dir: str, identity: dict) -> None:
         different = {k: (previous.get(k), v) for k, v in identity.items() if previous.get(k) != v}
         if different and list_checkpoints(output_dir):
             details = ", ".join(f"{k}: {old!r} there vs {new!r} now" for k, (old, new) in different.items())
-            raise ValueError(
+            raise RunIdentityError(
                 f"--output_dir {output_dir} holds checkpoints of a different run ({details}). Use another "
                 "--output_dir, or pass --auto_resume false to start over in this one."
             )
@@ -139,6 +139,10 @@ class PreemptionCallback(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+
+
+class RunIdentityError(ValueError):
+    """--output_dir holds checkpoints of a different run."""
 
 
 class NonFiniteUpdateError(RuntimeError):

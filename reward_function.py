@@ -55,7 +55,7 @@ from math_normalize import (
     remove_boxed,
 )
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("dapo.reward")
 
 MODES = ("dapo", "strict_box", "boxed", "math_verify", "last_number")
 # "last_number" mode: a lenient verifier for very small models that rarely write an "Answer:" line

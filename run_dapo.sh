@@ -1,77 +1,36 @@
 #!/usr/bin/env bash
-# Full DAPO training. Every setting can be overridden by an environment variable; extra command-line
-# arguments are passed through to train_dapo.py (they win over everything else).
+# DAPO training. Every setting is an environment variable named like its flag in upper case
+# (LEARNING_RATE=1e-6 -> --learning_rate 1e-6; `python train_dapo.py --help` lists them); MODEL_PATH,
+# PER_DEVICE_BATCH_SIZE, FILTER_GROUPS and RESUME are accepted as short names. Unset variables fall back to
+# the recipe (CONFIG=recipes/....yaml) and then to the defaults in train_dapo.py's dataclasses (the DAPO
+# reference recipe); extra command-line arguments win over everything.
 #
-#   MODEL_PATH=Qwen/Qwen2.5-7B NUM_PROCESSES=8 ./run_dapo.sh
-#   CONFIG=recipes/cpu_demo.yaml ./run_dapo.sh --max_steps 5
-#
-# With CONFIG set, the YAML recipe supplies the defaults and only the variables you set are passed on.
+#   MODEL_PATH=smollm2-135m DATASET_NAME=arithmetic_easy ./run_dapo.sh --max_steps 5
+#   CONFIG=recipes/dapo_qwen2.5_7b_8gpu.yaml ACCELERATE_CONFIG=zero3 NUM_PROCESSES=8 ./run_dapo.sh
 set -euo pipefail
 cd "$(dirname "$0")"
 
-PYTHON=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python )}
-CONFIG=${CONFIG:-}
+if [ -z "${PYTHON:-}" ]; then
+  if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python
+  else
+    echo "error: no .venv here; run \`make setup\` first (or set PYTHON to an interpreter with requirements.txt installed)" >&2
+    exit 2
+  fi
+fi
+
 ARGS=()
-
-# opt VAR --flag default: pass --flag $VAR if VAR is set; else the default, unless a CONFIG recipe is used.
-opt() {
-  local var=$1 flag=$2 default=${3-}
-  if [ -n "${!var-}" ]; then ARGS+=("$flag" "${!var}")
-  elif [ -z "$CONFIG" ] && [ -n "$default" ]; then ARGS+=("$flag" "$default"); fi
-}
-
-[ -n "$CONFIG" ] && ARGS+=(--config "$CONFIG")
-# Model and data
-opt MODEL_PATH                  --model_name_or_path          Qwen/Qwen2.5-7B
-opt DATASET_NAME                --dataset_name                BytedTsinghua-SIA/DAPO-Math-17k
-opt MAX_TRAIN_SAMPLES           --max_train_samples
-opt OUTPUT_DIR                  --output_dir                  outputs/DAPO-TRL
-# Batch: completions per update = PER_DEVICE_BATCH_SIZE x GRADIENT_ACCUMULATION_STEPS x processes
-opt PER_DEVICE_BATCH_SIZE       --per_device_train_batch_size 1
-opt GRADIENT_ACCUMULATION_STEPS --gradient_accumulation_steps 32
-opt NUM_MINI_BATCHES            --num_mini_batches            16
-opt NUM_GENERATIONS             --num_generations             16
-opt NUM_ITERATIONS              --num_iterations
-# Optimisation
-opt LEARNING_RATE               --learning_rate               1e-6
-opt WARMUP_ROLLOUT_STEPS        --warmup_rollout_steps        10
-opt WEIGHT_DECAY                --weight_decay                0.1
-opt MAX_GRAD_NORM               --max_grad_norm               1.0
-opt NUM_TRAIN_EPOCHS            --num_train_epochs            1
-opt MAX_STEPS                   --max_steps
-opt SEED                        --seed                        42
-opt BF16                        --bf16                        true
-# DAPO
-opt LOSS_TYPE                   --loss_type                   dapo
-opt EPSILON                     --epsilon                     0.2
-opt EPSILON_HIGH                --epsilon_high                0.28
-opt DELTA                       --delta                       10.0
-opt BETA                        --beta                        0.0
-opt ENTROPY_COEFF               --entropy_coeff               0.0
-opt APPLY_OVERLONG_PENALTY      --apply_overlong_penalty      true
-opt OVERLONG_BUFFER_LEN         --overlong_buffer_len         4096
-opt OVERLONG_PENALTY_FACTOR     --overlong_penalty_factor     1.0
-opt MASK_TRUNCATED_COMPLETIONS  --mask_truncated_completions
-opt FILTER_GROUPS               --filter_groups_enable        true
-opt FILTER_GROUPS_METRIC        --filter_groups_metric        acc
-opt MAX_FILTER_GEN_BATCHES      --max_filter_gen_batches      10
-opt GEN_BATCH_MULTIPLIER        --gen_batch_multiplier        3
-opt FILTER_GROUPS_ON_LIMIT      --filter_groups_on_limit
-opt FILTER_GROUPS_CARRY_OVER    --filter_groups_carry_over
-opt REWARD_MODE                 --reward_mode                 dapo
-# Generation
-opt MAX_PROMPT_LENGTH           --max_prompt_length           2048
-opt MAX_COMPLETION_LENGTH       --max_completion_length       20480
-opt TEMPERATURE                 --temperature                 1.0
-opt TOP_P                       --top_p                       1.0
-opt USE_VLLM                    --use_vllm
-opt VLLM_MODE                   --vllm_mode
-# Logging and checkpoints
-opt REPORT_TO                   --report_to                   tensorboard
-opt LOGGING_STEPS               --logging_steps               1
-opt SAVE_STEPS                  --save_steps                  50
-opt SAVE_TOTAL_LIMIT            --save_total_limit
-opt RESUME                      --auto_resume                 true
+[ -n "${CONFIG:-}" ] && ARGS+=(--config "$CONFIG")
+# Environment variables -> flags (cli.py knows every setting; a misspelled variable is an error).
+ENV_FLAGS=$(mktemp)
+trap 'rm -f "$ENV_FLAGS" "$ENV_FLAGS.err"' EXIT
+if ! "$PYTHON" cli.py env-args > "$ENV_FLAGS" 2> "$ENV_FLAGS.err"; then
+  cat "$ENV_FLAGS.err" >&2
+  if grep -q ModuleNotFoundError "$ENV_FLAGS.err"; then
+    echo "error: $PYTHON lacks the project's packages; run \`make setup\` (or pip install -r requirements.txt)" >&2
+  fi
+  exit 2
+fi
+while IFS= read -r -d '' arg; do ARGS+=("$arg"); done < "$ENV_FLAGS"
 
 # Launcher: plain python for one process; accelerate (GPU: DDP / DeepSpeed / FSDP via ACCELERATE_CONFIG)
 # for several; torch's launcher for several CPU processes (USE_CPU=1; accelerate's multi-CPU mode needs MPI).
@@ -97,7 +56,6 @@ if [ "${NUM_MACHINES:-1}" -gt 1 ]; then
     exit 2
   fi
 fi
-[ "$USE_CPU" = 1 ] && ARGS+=(--use_cpu true)
 if [ "$USE_CPU" = 1 ] && [ "$NUM_PROCESSES" -gt 1 ]; then
   LAUNCH=("$PYTHON" -m torch.distributed.run --nproc_per_node "$NUM_PROCESSES" --master_port "${MAIN_PROCESS_PORT:-29500}")
 elif [ "$NUM_PROCESSES" -gt 1 ] || [ -n "$ACCELERATE_CONFIG" ]; then
@@ -112,5 +70,7 @@ else
   LAUNCH=("$PYTHON")
 fi
 
-echo "+ ${LAUNCH[*]} train_dapo.py ${ARGS[*]} $*" >&2
+printf "+ %s\n" "$(printf "%q " "${LAUNCH[@]}" train_dapo.py "${ARGS[@]}" "$@")" >&2
+rm -f "$ENV_FLAGS" "$ENV_FLAGS.err"
+trap - EXIT
 exec "${LAUNCH[@]}" train_dapo.py "${ARGS[@]}" "$@"

@@ -11,6 +11,7 @@ DAPOTrainer._generate_and_score_completions; overlong reward shaping is a reward
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -19,8 +20,9 @@ import time
 from dataclasses import dataclass, field
 
 import torch
-from trl import GRPOConfig, GRPOTrainer, ModelConfig, ScriptArguments, TrlParser, get_peft_config
+from trl import GRPOConfig, GRPOTrainer, ModelConfig, ScriptArguments, get_peft_config
 
+import config_checks
 import logging_utils
 import reliability
 from dynamic_sampling import (
@@ -35,7 +37,6 @@ from dynamic_sampling import (
 
 logger = logging.getLogger("dapo")
 
-FILTER_METRICS = ("acc", "score", "seq_reward")
 DAPO_STATE_FILE = "dapo_state.json"
 
 
@@ -74,8 +75,34 @@ class DAPOConfig(GRPOConfig):
     per_device_train_batch_size: int = field(default=1, metadata={"help": "Completions per device per micro-step."})
     gradient_accumulation_steps: int = field(default=32, metadata={"help": "Micro-steps per optimizer update."})
     logging_steps: float = field(default=1, metadata={"help": "Log every N optimizer steps."})
-    report_to: list[str] | str = field(default="tensorboard", metadata={"help": "tensorboard, wandb, none, ..."})
-    save_steps: float = field(default=50, metadata={"help": "Checkpoint every N optimizer steps."})
+    output_dir: str | None = field(
+        default="outputs/DAPO-TRL", metadata={"help": "Where checkpoints, logs and the final model go."}
+    )
+    bf16: bool | None = field(
+        default=None, metadata={"help": "bf16 mixed precision (default: on where the GPU supports it, off on CPU)."}
+    )
+    # A list default (not a str): the argument parser reads `list[str] | str` as nargs="+" with no default.
+    report_to: list[str] = field(
+        default_factory=lambda: ["tensorboard"],
+        metadata={"help": "Where metrics go: tensorboard (default), wandb, none, or several."},
+    )
+    save_steps: float = field(
+        default=64,
+        metadata={"help": "Checkpoint every N optimizer steps; a multiple of the rollout's optimizer steps "
+                  "(num_mini_batches x num_iterations) resumes exactly."},
+    )
+    # TRL defaults to checkpointing activations under the name transformers deprecates, which warns on every run;
+    # both names stay accepted and resolve to activation_checkpointing in __post_init__.
+    gradient_checkpointing: bool | None = field(
+        default=None, metadata={"help": "Alias of --activation_checkpointing."}
+    )
+    activation_checkpointing: bool | None = field(
+        default=None,
+        metadata={"help": "Recompute activations in the backward pass: less memory, ~20% slower (default: on)."},
+    )
+    dataloader_pin_memory: bool | None = field(
+        default=None, metadata={"help": "Pin data-loader memory (default: on when CUDA is available)."}
+    )
 
     # --- DAPO options -----------------------------------------------------------------------------
     num_mini_batches: int = field(
@@ -112,7 +139,7 @@ class DAPOConfig(GRPOConfig):
     )
     reward_timeout: float = field(default=5.0, metadata={"help": "Per-completion time limit of math_verify (s)."})
     filter_groups_enable: bool = field(
-        default=False,
+        default=True,
         metadata={"help": "Dynamic sampling: train only on groups with non-constant metric, resampling new prompts."},
     )
     filter_groups_metric: str = field(
@@ -152,20 +179,25 @@ class DAPOConfig(GRPOConfig):
             from transformers.utils import is_torch_bf16_gpu_available
 
             self.bf16 = bool(is_torch_bf16_gpu_available()) and not self.use_cpu
+        if self.activation_checkpointing is None:
+            self.activation_checkpointing = True if self.gradient_checkpointing is None else self.gradient_checkpointing
+        self.gradient_checkpointing = None  # mirrored from activation_checkpointing by TrainingArguments
+        if self.dataloader_pin_memory is None:
+            self.dataloader_pin_memory = torch.cuda.is_available() and not self.use_cpu
         if self.entropy_coeff is not None:
             self.entropy_coef = self.entropy_coeff
+        # Ranges first: TRL's own __post_init__ divides by some of these values.
+        config_checks.raise_if(config_checks.check_numbers(self))
         if self.steps_per_generation is None and self.generation_batch_size is None:
-            if self.num_mini_batches < 1:
-                raise ValueError(f"--num_mini_batches must be >= 1, got {self.num_mini_batches}.")
             self.steps_per_generation = self.num_mini_batches * self.gradient_accumulation_steps
-        validate_dapo_options(self)
+        config_checks.raise_if(config_checks.check_dapo(self))
         super().__post_init__()
         # TRL derives steps_per_generation from generation_batch_size if only that was given.
         self.num_mini_batches = max(1, self.steps_per_generation // self.gradient_accumulation_steps)
         if not self.warmup_steps:
             self.warmup_steps = self.warmup_rollout_steps * self.num_mini_batches * self.num_iterations
         if self.filter_groups_enable:
-            validate_filtering(self)
+            config_checks.raise_if(config_checks.check_filtering(self))
         rollout = self.num_mini_batches * self.num_iterations
         if self.save_strategy == "steps" and self.save_steps >= 1 and int(self.save_steps) % rollout:
             logger.warning(
@@ -173,79 +205,6 @@ class DAPOConfig(GRPOConfig):
                 "a checkpoint regenerates its rollout mid-way (valid, but not an exact continuation).",
                 self.save_steps, rollout,
             )
-
-
-def validate_dapo_options(cfg: DAPOConfig) -> None:
-    """Checks that need only the config; each message says what to change."""
-    errors = []
-    if cfg.epsilon_high is not None and cfg.epsilon_high < cfg.epsilon:
-        errors.append(
-            f"--epsilon_high ({cfg.epsilon_high}) is below --epsilon ({cfg.epsilon}); clip-higher needs "
-            "epsilon_high >= epsilon (reference 0.28 vs 0.2)."
-        )
-    if cfg.epsilon <= 0 or cfg.epsilon >= 1:
-        errors.append(f"--epsilon must be in (0, 1), got {cfg.epsilon}.")
-    if cfg.apply_overlong_penalty:
-        if cfg.overlong_buffer_len <= 0:
-            errors.append(f"--overlong_buffer_len must be > 0 with overlong shaping, got {cfg.overlong_buffer_len}.")
-        elif cfg.overlong_buffer_len >= cfg.max_completion_length:
-            errors.append(
-                f"--overlong_buffer_len ({cfg.overlong_buffer_len}) must be smaller than --max_completion_length "
-                f"({cfg.max_completion_length}); e.g. a fifth of it (reference 4096 of 20480), or pass "
-                "--apply_overlong_penalty false."
-            )
-    if cfg.use_vllm:
-        # Fail here, before any weights load, rather than in TRL's trainer after the model is loaded.
-        try:
-            import vllm  # noqa: F401
-        except Exception as exc:  # not installed, or installed against a torch it cannot use
-            errors.append(
-                f"--use_vllm is set but vllm cannot be imported ({type(exc).__name__}: {exc}). Install it on a "
-                "CUDA machine with `pip install -r requirements-vllm.txt` (see docs/scaling.md), or drop --use_vllm."
-            )
-    from reward_function import MODES as REWARD_MODES
-
-    if cfg.reward_mode not in REWARD_MODES:
-        errors.append(f"--reward_mode {cfg.reward_mode!r} is not one of {', '.join(REWARD_MODES)}.")
-    rows = cfg.per_device_train_batch_size * (cfg.steps_per_generation or cfg.gradient_accumulation_steps)
-    if cfg.generation_batch_size is None and rows % cfg.num_generations != 0:
-        errors.append(
-            f"Each process generates per_device_train_batch_size x steps_per_generation = "
-            f"{cfg.per_device_train_batch_size} x {cfg.steps_per_generation} = {rows} completions per rollout, "
-            f"which is not a multiple of --num_generations ({cfg.num_generations}). Change "
-            "--per_device_train_batch_size, --gradient_accumulation_steps or --num_mini_batches so that it is."
-        )
-    if errors:
-        raise ValueError("Invalid DAPO configuration:\n  - " + "\n  - ".join(errors))
-
-
-def validate_filtering(cfg: DAPOConfig) -> None:
-    errors = []
-    if cfg.filter_groups_metric not in FILTER_METRICS:
-        errors.append(f"--filter_groups_metric must be one of {FILTER_METRICS}, got {cfg.filter_groups_metric!r}.")
-    if cfg.max_filter_gen_batches < 0:
-        errors.append("--max_filter_gen_batches must be >= 0 (0 = unlimited).")
-    if cfg.gen_batch_multiplier < 1:
-        errors.append("--gen_batch_multiplier must be >= 1.")
-    if cfg.filter_groups_on_limit not in ("error", "continue"):
-        errors.append("--filter_groups_on_limit must be 'error' or 'continue'.")
-    rows = cfg.per_device_train_batch_size * cfg.steps_per_generation
-    if rows % cfg.num_generations:
-        errors.append(
-            f"With dynamic sampling each process must hold whole prompt groups: per_device_train_batch_size x "
-            f"steps_per_generation = {rows} is not a multiple of --num_generations ({cfg.num_generations})."
-        )
-    if cfg.multi_objective_aggregation != "sum_then_normalize":
-        errors.append("Dynamic sampling supports --multi_objective_aggregation sum_then_normalize only.")
-    generate_every = cfg.steps_per_generation * cfg.num_iterations
-    if cfg.filter_groups_carry_over and cfg.gradient_accumulation_steps % generate_every == 0 and not cfg.use_vllm:
-        errors.append(
-            "--filter_groups_carry_over trains on groups generated one step earlier, which needs the behaviour "
-            "policy's log-probs; they are only computed when one rollout is split into several updates. Set "
-            "--num_mini_batches > 1 (or --num_iterations > 1)."
-        )
-    if errors:
-        raise ValueError("Invalid dynamic sampling configuration:\n  - " + "\n  - ".join(errors))
 
 
 class FilterLimitError(RuntimeError):
@@ -263,7 +222,24 @@ class DAPOTrainer(GRPOTrainer):
       * log: add the DAPO metric aliases (logging_utils).
     """
 
-    def __init__(self, *args, **kwargs):
+    # The saved model card (create_model_card) names DAPO, its paper and tags.
+    _tag_names = ["trl", "dapo", "grpo"]
+    _name = "DAPO"
+    _paper = {
+        "title": "DAPO: An Open-Source LLM Reinforcement Learning System at Scale",
+        "id": "2503.14476",
+        "citation": "@article{yu2025dapo,\n"
+        "    title   = {{DAPO: An Open-Source LLM Reinforcement Learning System at Scale}},\n"
+        "    author  = {Qiying Yu and Zheng Zhang and Ruofei Zhu and Yufeng Yuan and Xiaochen Zuo and others},\n"
+        "    year    = 2025,\n"
+        "    eprint  = {arXiv:2503.14476},\n"
+        "}",
+    }
+
+    def __init__(self, *args, base_model_name: str | None = None, dataset_name: str | None = None, **kwargs):
+        # base_model_name / dataset_name: what the user asked for (the model may load from a resolved local path),
+        # for the model card.
+        self._card_base_model, self._card_dataset = base_model_name, dataset_name
         super().__init__(*args, **kwargs)
         self._last_rewards_per_func: torch.Tensor | None = None
         # Surplus kept groups of the previous step (--filter_groups_carry_over): this process's rows, and
@@ -536,6 +512,36 @@ class DAPOTrainer(GRPOTrainer):
             if self._carry_index:
                 self._carry = torch.load(carry, map_location=self.accelerator.device)
 
+    def create_model_card(self, model_name=None, dataset_name=None, tags=None):
+        # Override: TRL names the base model from the loaded config (a local cache path here, so "None") and
+        # knows nothing of the DAPO settings; write the user's model and dataset names and the key settings.
+        if not self.is_world_process_zero():
+            return
+        from trl.trainer.utils import generate_model_card
+
+        card = generate_model_card(
+            base_model=self._card_base_model, model_name=model_name or os.path.basename(self.args.output_dir),
+            hub_model_id=self.hub_model_id, dataset_name=dataset_name or self._card_dataset,
+            tags=sorted(set(self._tag_names) | set(tags or [])), wandb_url=None, trackio_url=None,
+            trainer_name=self._name, trainer_citation=self._paper["citation"], paper_title=self._paper["title"],
+            paper_id=self._paper["id"],
+        )
+        a = self.args
+        settings = {
+            "learning_rate": a.learning_rate, "epsilon / epsilon_high (clip-higher)": f"{a.epsilon} / {a.epsilon_high}",
+            "delta (dual clip)": a.delta, "loss_type": a.loss_type, "beta (KL)": a.beta,
+            "num_generations": a.num_generations, "updates per rollout (num_mini_batches)": a.num_mini_batches,
+            "max_completion_length": a.max_completion_length,
+            "overlong shaping (buffer, factor)": (f"{a.overlong_buffer_len}, {a.overlong_penalty_factor}"
+                                                  if a.apply_overlong_penalty else "off"),
+            "dynamic sampling": (f"on ({a.filter_groups_metric})" if a.filter_groups_enable else "off"),
+            "reward_mode": a.reward_mode, "temperature / top_p": f"{a.temperature} / {a.top_p}",
+            "optimizer steps": self.state.global_step,
+        }
+        rows = "\n".join(f"| {k} | {v} |" for k, v in settings.items())
+        card.text += f"\n## DAPO settings\n\n| setting | value |\n|---|---|\n{rows}\n"
+        card.save(os.path.join(self.args.output_dir, "README.md"))
+
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         # Override: add DAPO's metric names (reward/mean, clip_fraction, ...) and the sample logs
         # (logging_utils) before TRL averages the metrics and hands them to TensorBoard / W&B.
@@ -581,6 +587,16 @@ class DAPOScriptArguments(ScriptArguments):
         default=None, metadata={"help": "Validation completion length (default: --max_completion_length)."}
     )
     eval_batch_size: int = field(default=32, metadata={"help": "Completions generated at once during evaluation."})
+    dry_run: bool = field(
+        default=False,
+        metadata={"help": "Check every setting, the data and the model reference, print the resolved settings "
+                  "as JSON, and exit before loading weights."},
+    )
+
+    def __post_init__(self):
+        if hasattr(super(), "__post_init__"):
+            super().__post_init__()
+        config_checks.raise_if(config_checks.check_script_args(self))
 
 
 def load_train_dataset(script_args: DAPOScriptArguments, training_args: DAPOConfig, tokenizer=None):
@@ -613,13 +629,31 @@ def build_reward_funcs(args: DAPOConfig) -> list:
     return funcs
 
 
+def setup_logging(training_args: DAPOConfig) -> None:
+    """The project's console lines (logger "dapo" and its children) follow --log_level (default: info)."""
+    level = training_args.get_process_log_level()
+    if training_args.log_level == "passive" and training_args.process_index == 0:
+        level = logging.INFO
+    root = logging.getLogger("dapo")
+    if not root.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+        root.addHandler(handler)
+        root.propagate = False
+    root.setLevel(level)
+
+
 def main(script_args: DAPOScriptArguments, training_args: DAPOConfig, model_args: ModelConfig) -> None:
     import model_utils
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # 1. Everything that can be checked cheaply is checked before any weights load.
+    setup_logging(training_args)
+    # 1. Everything that can be checked without weights is checked before any weights load.
+    if not model_args.model_name_or_path:
+        raise config_checks.ConfigError([
+            "--model_name_or_path is required (MODEL_PATH for run_dapo.sh): smollm2-135m is embedded and runs "
+            "offline on a CPU; a Hub id such as Qwen/Qwen2.5-7B needs network access and GPUs (see recipes/)."])
     model_utils.check_model_reference(model_args.model_name_or_path)
-    load_train_dataset(script_args, training_args)  # schema / column / empty-data errors surface here
+    config_checks.raise_if(config_checks.check_output_dir(training_args.output_dir))
     resume = training_args.resume_from_checkpoint
     if script_args.auto_resume and resume is None:
         identity = reliability.run_identity(model_args.model_name_or_path, script_args.dataset_name,
@@ -630,10 +664,10 @@ def main(script_args: DAPOScriptArguments, training_args: DAPOConfig, model_args
         if resume:
             logger.info("Resuming from %s (pass --auto_resume false to start over)", resume)
     elif resume and reliability.checkpoint_problems(resume, training_args.filter_groups_enable):
-        raise ValueError(f"--resume_from_checkpoint {resume}: " + "; ".join(
-            reliability.checkpoint_problems(resume, training_args.filter_groups_enable)))
+        raise config_checks.ConfigError([f"--resume_from_checkpoint {resume}: " + "; ".join(
+            reliability.checkpoint_problems(resume, training_args.filter_groups_enable))])
 
-    # 2. Tokenizer, then the real dataset (length-filtered with the tokenizer).
+    # 2. Tokenizer, then the dataset (schema errors, then the prompt-length filter, which needs the tokenizer).
     from transformers import AutoTokenizer
 
     model_path = model_utils.resolve_model_path(model_args.model_name_or_path)
@@ -641,6 +675,10 @@ def main(script_args: DAPOScriptArguments, training_args: DAPOConfig, model_args
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     train_dataset = load_train_dataset(script_args, training_args, tokenizer)
+    if script_args.dry_run:
+        print(json.dumps(resolved_settings(script_args, training_args, model_args), indent=1, sort_keys=True,
+                         default=str))
+        return
 
     # 3. Model (loaded by TRL from the resolved path), rewards, trainer.
     # Same model_init_kwargs as TRL's own grpo.py; TRL loads the model from the resolved path.
@@ -667,6 +705,8 @@ def main(script_args: DAPOScriptArguments, training_args: DAPOConfig, model_args
         processing_class=tokenizer,
         peft_config=get_peft_config(model_args),
         callbacks=callbacks,
+        base_model_name=model_args.model_name_or_path,
+        dataset_name=script_args.dataset_name,
     )
     if eval_callback is not None:
         eval_callback.trainer = trainer
@@ -679,14 +719,24 @@ def main(script_args: DAPOScriptArguments, training_args: DAPOConfig, model_args
     logging_utils.finish_run(training_args.output_dir, trainer)
 
 
-def make_parser() -> TrlParser:
-    return TrlParser((DAPOScriptArguments, DAPOConfig, ModelConfig))
+def resolved_settings(script_args, training_args, model_args) -> dict:
+    """Every setting after defaults, recipe, environment and flags are merged (what --dry_run prints)."""
+    out = {}
+    for obj in (script_args, training_args, model_args):
+        out.update({f.name: getattr(obj, f.name) for f in dataclasses.fields(obj) if f.init})
+    return out
+
+
+def make_parser():
+    """The argument parser of this script (cli.DAPOParser over the three argument dataclasses)."""
+    import cli
+
+    return cli.make_parser()
 
 
 if __name__ == "__main__":
-    parser = make_parser()
-    try:
-        script_args, training_args, model_args = parser.parse_args_and_config()
-    except ValueError as exc:  # configuration errors: print the message, not a traceback
-        sys.exit(f"error: {exc}")
-    main(script_args, training_args, model_args)
+    # Through cli (which imports this file as the module `train_dapo`): the short --help, one-line errors, and
+    # checkpoints whose training_args.bin names train_dapo.DAPOConfig rather than __main__.DAPOConfig.
+    import cli
+
+    cli.run()

@@ -359,7 +359,7 @@ def test_callback_logs_eval_metrics_during_a_two_step_dapo_run(tok, tmp_path):
                       max_steps=2, learning_rate=1e-3, warmup_rollout_steps=0, bf16=False,
                       report_to="tensorboard", logging_steps=1,
                       save_strategy="no", gradient_checkpointing=False, max_prompt_length=None,
-                      reward_mode="last_number")
+                      reward_mode="last_number", filter_groups_enable=False)
     script_args = DAPOScriptArguments(eval_dataset="arithmetic_test", eval_every_steps=1, eval_num_samples=2,
                                       eval_max_problems=3, eval_max_new_tokens=6, eval_batch_size=4)
     callback = evaluate.make_eval_callback(script_args, args, tok)

@@ -41,6 +41,7 @@ def small_args(tmp_path, **overrides) -> DAPOConfig:
         logging_steps=1,
         gradient_checkpointing=False,
         max_prompt_length=None,
+        filter_groups_enable=False,
         seed=0,
     )
     base.update(overrides)
@@ -115,14 +116,14 @@ def test_defaults_reproduce_the_reference_recipe(tmp_path):
 @pytest.mark.parametrize(
     "overrides, expected",
     [
-        (dict(epsilon_high=0.1), "epsilon_high (0.1) is below --epsilon"),
+        (dict(epsilon_high=0.1), "--epsilon_high 0.1: is below --epsilon"),
         (dict(max_completion_length=64, overlong_buffer_len=64), "must be smaller than --max_completion_length"),
         (dict(per_device_train_batch_size=3, gradient_accumulation_steps=1, num_mini_batches=1, num_generations=2),
          "not a multiple of --num_generations"),
-        (dict(reward_mode="fuzzy"), "--reward_mode 'fuzzy' is not one of"),
-        (dict(filter_groups_enable=True, filter_groups_metric="accuracy"), "--filter_groups_metric must be one of"),
+        (dict(reward_mode="fuzzy"), "--reward_mode 'fuzzy': is not one of"),
+        (dict(filter_groups_enable=True, filter_groups_metric="accuracy"), "--filter_groups_metric 'accuracy': must be one of"),
         (dict(filter_groups_enable=True, filter_groups_carry_over=True, num_mini_batches=1),
-         "--filter_groups_carry_over trains on groups generated one step earlier"),
+         "--filter_groups_carry_over: trains on groups generated one rollout earlier"),
     ],
 )
 def test_bad_settings_are_refused_with_actionable_messages(tmp_path, overrides, expected):
@@ -138,7 +139,7 @@ def test_cli_errors_stop_before_the_model_loads(tmp_path):
     bad_data = tmp_path / "no_answer.jsonl"
     bad_data.write_text('{"problem": "1+1?"}\n{"problem": "2+2?"}\n')
     cases = [
-        (["--epsilon_high", "0.1"], "epsilon_high (0.1) is below --epsilon"),
+        (["--epsilon_high", "0.1"], "--epsilon_high 0.1: is below --epsilon"),
         (["--dataset_name", str(bad_data)], "answer"),
         (["--model_name_or_path", "some-org/some-model-that-is-not-cached"], "smollm2-135m"),
     ]
