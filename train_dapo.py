@@ -644,9 +644,17 @@ def setup_logging(training_args: DAPOConfig) -> None:
 
 
 def main(script_args: DAPOScriptArguments, training_args: DAPOConfig, model_args: ModelConfig) -> None:
+    import warnings
+
     import model_utils
 
     setup_logging(training_args)
+    # The libraries still read this deprecated transformers property themselves on every step; nothing a user
+    # can change, so it is not shown.
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+    if not torch.cuda.is_available():
+        # DeepSpeed (imported by accelerate when installed) otherwise warns that it fell back to the CPU.
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     # 1. Everything that can be checked without weights is checked before any weights load.
     if not model_args.model_name_or_path:
         raise config_checks.ConfigError([

@@ -221,3 +221,53 @@ def test_short_help_leads_with_dapo_options_and_help_all_has_everything():
     full = subprocess.run([sys.executable, "train_dapo.py", "--help_all"], cwd=ROOT, env=_clean_env(),
                           capture_output=True, text=True, timeout=300).stdout
     assert "--adam_beta2" in full and "--epsilon_high" in full and len(full.splitlines()) > 4 * len(lines)
+
+
+# ----------------------------------------------------------------------------- a real run, read as a newcomer
+def test_quick_test_is_quiet_and_leaves_a_documented_loadable_model(tmp_path):
+    out = tmp_path / "qt"
+    proc = subprocess.run(["bash", "test_dapo.sh", "--output_dir", str(out), "--log_samples_every", "1"],
+                          cwd=ROOT, env=_clean_env(), capture_output=True, text=True, timeout=1800)
+    console = proc.stdout + proc.stderr
+    assert proc.returncode == 0, console[-3000:]
+    for noise in ("FutureWarning", "UserWarning", "pin_memory", "Traceback", "deprecated"):
+        assert noise not in console, noise
+    assert console.count("loaded 10 prompts") == 1, "the dataset is logged once"
+    assert console.count("Run finished") == 1
+    # The model card names the base model, the data, DAPO and its paper, and the key settings.
+    card = (out / "README.md").read_text()
+    for expected in ("smollm2-135m", "arithmetic_easy", "DAPO", "2503.14476", "@article{yu2025dapo",
+                     "epsilon / epsilon_high (clip-higher) | 0.2 / 0.28", "dynamic sampling | off"):
+        assert expected in card, expected
+    assert "[None]" not in card
+    # training_args.bin loads in any script that can import the project.
+    code = ("import torch, sys; a = torch.load(sys.argv[1], weights_only=False); "
+            "print(type(a).__module__, type(a).__name__, a.epsilon_high, a.num_generations)")
+    loaded = subprocess.run([sys.executable, "-c", code, str(out / "training_args.bin")], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert loaded.stdout.split() == ["train_dapo", "DAPOConfig", "0.28", "2"], loaded.stderr[-2000:]
+    # Samples carry the problem, the answer, the prediction, the score and the advantage as fields.
+    rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert rows and {r["step"] for r in rows} == {1, 2}
+    for row in rows:
+        assert re.fullmatch(r"What is \d [+-] \d\?", row["problem"]), row["problem"]
+        assert row["problem"] in row["prompt"] and row["prompt"] != row["problem"]
+        assert row["answer"] == str(eval(row["problem"][8:-1]))  # the ground truth of "What is a + b?"
+        assert row["score"] in (-1.0, 1.0) and isinstance(row["advantage"], float) and "pred" in row
+
+
+def test_report_to_wandb_works_offline_after_the_normal_setup(tmp_path, monkeypatch):
+    from tests.test_train_dapo import small_args
+    from tests.tiny import first_token_parity_reward, tiny_llama, toy_dataset, toy_tokenizer
+    from train_dapo import DAPOTrainer
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    tok = toy_tokenizer()
+    args = small_args(tmp_path, report_to=["wandb"], max_steps=2)
+    trainer = DAPOTrainer(model=tiny_llama(tok), reward_funcs=[first_token_parity_reward], args=args,
+                          train_dataset=toy_dataset(), processing_class=tok)
+    trainer.train()
+    runs = list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(runs) == 1 and runs[0].stat().st_size > 0
