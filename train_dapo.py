@@ -724,6 +724,7 @@ def main(script_args: DAPOScriptArguments, training_args: DAPOConfig, model_args
                        preemption.received)
         sys.exit(128 + preemption.received)
     trainer.save_model(training_args.output_dir)
+    trainer.create_model_card()  # also without checkpoints (TRL writes it only when it saves one)
     logging_utils.finish_run(training_args.output_dir, trainer)
 
 
