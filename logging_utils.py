@@ -665,6 +665,7 @@ def render_dashboard(path: str, out: str | None = None) -> str:
     fig = Figure(figsize=(5.2 * ncols, 3.5 * nrows + 0.7), dpi=110, layout="constrained")
     FigureCanvasAgg(fig)
     last_step = max(p[0] for points in scalars.values() for p in points)
+    first_step = min(p[0] for points in scalars.values() for p in points)
     wall = sum(r["wall_s"] for r in runs)
     fig.suptitle(
         f"DAPO run: {os.path.basename(os.path.abspath(path))} ({last_step} optimizer steps, "
@@ -695,6 +696,7 @@ def render_dashboard(path: str, out: str | None = None) -> str:
         ax.set_xlabel("optimizer step")
         ax.set_ylabel(ylabel)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlim(first_step - 0.5, last_step + 0.5)  # the same steps on every panel, also for a single point
         ax.ticklabel_format(axis="y", useOffset=False)
         ax.grid(True, alpha=0.3)
         values = [p[1] for _, _, points in series for p in points]
@@ -743,6 +745,7 @@ def summarize(path: str) -> str:
     if not scalars:
         raise FileNotFoundError(f"No TensorBoard scalars found under {path} (looked for events.out.tfevents*).")
     last_step = max(p[0] for points in scalars.values() for p in points)
+    first_step = min(p[0] for points in scalars.values() for p in points)
     wall = sum(r["wall_s"] for r in runs)
     lines = [f"# DAPO run summary: {os.path.abspath(path)}", ""]
     lines.append(f"- optimizer steps logged: {last_step}")
