@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -166,13 +167,6 @@ class DAPOConfig(GRPOConfig):
             self.warmup_steps = self.warmup_rollout_steps * self.num_mini_batches * self.num_iterations
         if self.filter_groups_enable:
             validate_filtering(self)
-        rollout = self.num_mini_batches * self.num_iterations
-        if self.save_strategy == "steps" and self.save_steps >= 1 and int(self.save_steps) % rollout:
-            logger.warning(
-                "--save_steps %s is not a multiple of the %d optimizer steps of one rollout: a run resumed from such "
-                "a checkpoint regenerates its rollout mid-way (valid, but not an exact continuation).",
-                self.save_steps, rollout,
-            )
 
 
 def validate_dapo_options(cfg: DAPOConfig) -> None:
@@ -505,24 +499,35 @@ class DAPOTrainer(GRPOTrainer):
 
     # ------------------------------------------------------------------ checkpoints & logs
     def _save_checkpoint(self, model, trial):
-        # Override: also persist the prompt stream position and carried-over groups. They are written
-        # first, so a checkpoint whose trainer_state.json exists (HF writes it last) is complete.
+        # Override: also persist the prompt stream position, carried-over groups and the rollout in flight
+        # (reliability.py). A folder left by a killed save is cleared first (nothing stale may survive), and
+        # a manifest of every file is written last, so a checkpoint is complete or detectably not.
         from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
         folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-        if self._prompt_stream is not None:
+        if self.args.should_save and os.path.isdir(folder):
+            shutil.rmtree(folder)
+        self.accelerator.wait_for_everyone()
+        with reliability.explain_disk_full(folder):
             os.makedirs(folder, exist_ok=True)
+            if self._prompt_stream is not None:
+                if self.args.should_save:
+                    state = {"prompt_stream": self._prompt_stream.state_dict(), "carry_index": self._carry_index}
+                    with open(os.path.join(folder, DAPO_STATE_FILE), "w") as f:
+                        json.dump(state, f)
+                if self._carry_index:
+                    torch.save(self._carry, os.path.join(folder, f"dapo_carry_rank{self.accelerator.process_index}.pt"))
+            reliability.save_rollout_state(self, folder)
+            super()._save_checkpoint(model, trial)
+            self.accelerator.wait_for_everyone()
             if self.args.should_save:
-                state = {"prompt_stream": self._prompt_stream.state_dict(), "carry_index": self._carry_index}
-                with open(os.path.join(folder, DAPO_STATE_FILE), "w") as f:
-                    json.dump(state, f)
-            if self._carry_index:
-                torch.save(self._carry, os.path.join(folder, f"dapo_carry_rank{self.accelerator.process_index}.pt"))
-        super()._save_checkpoint(model, trial)
+                reliability.write_manifest(folder)
 
     def _load_optimizer_and_scheduler(self, checkpoint):
         # Override: restore what _save_checkpoint added (runs only when resuming).
         super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint is not None:
+            reliability.load_rollout_state(self, checkpoint)
         if checkpoint is None or self._prompt_stream is None:
             return
         path = os.path.join(checkpoint, DAPO_STATE_FILE)
@@ -566,6 +571,10 @@ class DAPOScriptArguments(ScriptArguments):
     auto_resume: bool = field(
         default=True,
         metadata={"help": "Resume from the newest complete checkpoint in --output_dir (incomplete ones are skipped)."},
+    )
+    start_over: bool = field(
+        default=False,
+        metadata={"help": "Start a new run in an --output_dir that holds checkpoints (they are moved to superseded-<time>/)."},
     )
     eval_dataset: str | None = field(
         default=None, metadata={"help": "Held-out set evaluated during training (bundled name, file or Hub id)."}
@@ -620,18 +629,15 @@ def main(script_args: DAPOScriptArguments, training_args: DAPOConfig, model_args
     # 1. Everything that can be checked cheaply is checked before any weights load.
     model_utils.check_model_reference(model_args.model_name_or_path)
     load_train_dataset(script_args, training_args)  # schema / column / empty-data errors surface here
-    resume = training_args.resume_from_checkpoint
-    if script_args.auto_resume and resume is None:
-        identity = reliability.run_identity(model_args.model_name_or_path, script_args.dataset_name,
-                                            training_args.seed, training_args.filter_groups_enable)
-        if training_args.process_index == 0:
-            reliability.check_run_identity(training_args.output_dir, identity)
-        resume = reliability.find_resumable_checkpoint(training_args.output_dir, training_args.filter_groups_enable)
-        if resume:
-            logger.info("Resuming from %s (pass --auto_resume false to start over)", resume)
-    elif resume and reliability.checkpoint_problems(resume, training_args.filter_groups_enable):
-        raise ValueError(f"--resume_from_checkpoint {resume}: " + "; ".join(
-            reliability.checkpoint_problems(resume, training_args.filter_groups_enable)))
+    identity = reliability.run_identity(model_args.model_name_or_path, script_args.dataset_name,
+                                        training_args.seed, training_args.filter_groups_enable)
+    with training_args.main_process_first(local=False, desc="locking and checking --output_dir"):
+        resume = reliability.prepare_output_dir(
+            training_args.output_dir, identity, auto_resume=script_args.auto_resume, start_over=script_args.start_over,
+            resume_from_checkpoint=training_args.resume_from_checkpoint,
+            needs_dapo_state=training_args.filter_groups_enable, is_main_process=training_args.process_index == 0)
+    if resume:
+        logger.info("Resuming from %s (--start_over true would start over)", resume)
 
     # 2. Tokenizer, then the real dataset (length-filtered with the tokenizer).
     from transformers import AutoTokenizer
