@@ -112,6 +112,11 @@ class DAPOConfig(GRPOConfig):
         metadata={"help": "Verifier: dapo (Answer: line, reference), strict_box, boxed, math_verify (symbolic), last_number (lenient, for tiny models)."},
     )
     reward_timeout: float = field(default=5.0, metadata={"help": "Per-completion time limit of math_verify (s)."})
+    reward_batch_timeout: float = field(
+        default=120.0,
+        metadata={"help": "Time budget of math_verify per batch of completions (s); what is not scored by then gets -1 "
+                  "as a timeout (0 = no budget)."},
+    )
     filter_groups_enable: bool = field(
         default=False,
         metadata={"help": "Dynamic sampling: train only on groups with non-constant metric, resampling new prompts."},
@@ -614,7 +619,8 @@ def load_train_dataset(script_args: DAPOScriptArguments, training_args: DAPOConf
 def build_reward_funcs(args: DAPOConfig) -> list:
     from reward_function import make_correctness_reward, make_overlong_reward
 
-    funcs = [make_correctness_reward(mode=args.reward_mode, timeout=args.reward_timeout)]
+    funcs = [make_correctness_reward(mode=args.reward_mode, timeout=args.reward_timeout,
+                                     batch_timeout=args.reward_batch_timeout or None)]
     if args.apply_overlong_penalty:
         funcs.append(
             make_overlong_reward(args.max_completion_length, args.overlong_buffer_len, args.overlong_penalty_factor)
