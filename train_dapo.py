@@ -312,11 +312,12 @@ class DAPOTrainer(GRPOTrainer):
 
     def _filter_metric(self, rewards_per_func: torch.Tensor) -> torch.Tensor:
         metric = self.args.filter_groups_metric
+        # An unscorable completion (NaN) stays NaN: it trains with advantage 0, so it must not make a group
+        # look informative (informative_groups looks at the finite members only).
         if metric == "seq_reward":
-            weights = self.reward_weights.to(rewards_per_func.device)
-            return (rewards_per_func * weights.unsqueeze(0)).nansum(dim=1)
+            return self._seq_rewards(rewards_per_func)
         score = self._score_column(rewards_per_func)
-        return (score > 0).float() if metric == "acc" else score
+        return torch.where(torch.isnan(score), score, (score > 0).float()) if metric == "acc" else score
 
     def _seq_rewards(self, rewards_per_func: torch.Tensor) -> torch.Tensor:
         weights = self.reward_weights.to(rewards_per_func.device)
@@ -400,9 +401,13 @@ class DAPOTrainer(GRPOTrainer):
         selected, surplus = candidates[:take], candidates[take:]
         reused = sum(1 for c in selected if c[1] == -1)
 
+        self._nonfinite["empty_rollout"] = take == 0
         if take == 0:
-            # Nothing usable: train on the last chunk unfiltered. Its groups are all constant, so the advantages
-            # are 0 and the update is empty, but the step, scheduler and logs stay consistent.
+            # Nothing usable: go through the steps of this rollout on the last chunk (advantages 0), so that the
+            # step count, scheduler and logs stay consistent, but skip its optimizer steps (guard_optimizer):
+            # a zero gradient would still move the weights through AdamW's momentum and weight decay.
+            logger.warning("Dynamic sampling found no informative group within --max_filter_gen_batches=%d: the "
+                           "optimizer steps of this rollout are skipped (weights unchanged).", args.max_filter_gen_batches)
             batch = dict(chunks[chunk_id - 1])
         else:
             batch = self._assemble(chunks, selected, take, local_groups, G)
