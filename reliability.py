@@ -356,6 +356,8 @@ def prepare_output_dir(output_dir: str, identity: dict, *, auto_resume: bool = T
 
     Call on every process; only the main one locks and writes (others must wait for it, e.g. with
     ``TrainingArguments.main_process_first``)."""
+    if start_over and resume_from_checkpoint is not None:
+        raise ValueError("--start_over true starts a new run; it cannot be combined with --resume_from_checkpoint.")
     if is_main_process:
         lock_output_dir(output_dir)
         check_run_identity(output_dir, identity, auto_resume, start_over, resume_from_checkpoint is not None)

@@ -99,3 +99,9 @@ def test_the_lock_is_exclusive_between_processes(tmp_path):
     holder.wait(timeout=30)
     reliability.lock_output_dir(str(tmp_path))  # released when its holder exited
     assert (tmp_path / reliability.LOCK_FILE).read_text().startswith(f"pid {os.getpid()} ")
+
+
+def test_start_over_and_an_explicit_resume_contradict(tmp_path):
+    with pytest.raises(ValueError, match="cannot be combined with --resume_from_checkpoint"):
+        reliability.prepare_output_dir(str(tmp_path), reliability.run_identity("m", "d", 1, False), start_over=True,
+                                       resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
