@@ -175,14 +175,17 @@ def list_checkpoints(output_dir: str) -> list[str]:
 def find_resumable_checkpoint(output_dir: str, needs_dapo_state: bool = False, remove_skipped: bool = False) -> str | None:
     """Newest complete checkpoint in ``output_dir``; incomplete newer ones are reported and skipped.
 
-    With ``remove_skipped`` the skipped ones are deleted: they cannot be used, the resumed run writes
-    them again, and a full disk is a common reason why they are incomplete."""
+    With ``remove_skipped`` the skipped ones whose save was interrupted (no trainer_state.json, which HF
+    writes after everything but the manifest) are deleted: they cannot be used, the resumed run writes
+    them again, and a full disk is a common reason why they are incomplete. Others (damaged later, or
+    saved without optimizer state on purpose) are only skipped; the resumed run replaces them when it
+    reaches their step."""
     for path in list_checkpoints(output_dir):
         problems = checkpoint_problems(path, needs_dapo_state)
         if not problems:
             return path
         logger.warning("Skipping incomplete checkpoint %s: %s. Falling back to the previous one.", path, "; ".join(problems))
-        if remove_skipped:
+        if remove_skipped and not os.path.exists(os.path.join(path, "trainer_state.json")):
             shutil.rmtree(path, ignore_errors=True)
             logger.warning("Removed the incomplete checkpoint %s.", path)
     return None
