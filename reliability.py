@@ -269,8 +269,11 @@ def lock_output_dir(output_dir: str) -> None:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
         if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+            # e.g. Lustre mounted without -o flock: run, but say that nothing guards the directory.
             os.close(fd)
-            raise
+            logger.warning("Cannot lock %s (%s): a second run on this --output_dir would not be detected.", path, exc)
+            _HELD_LOCKS[key] = -1
+            return
         holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "unknown process"
         os.close(fd)
         raise OutputDirBusyError(
