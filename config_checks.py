@@ -65,6 +65,7 @@ def check_numbers(cfg) -> list[str]:
     p += _num(cfg, "overlong_penalty_factor", non_negative, ">= 0")
     p += _num(cfg, "reward_timeout", positive, "> 0 seconds",
               "with no time to verify, every math_verify score would be -1")
+    p += _num(cfg, "reward_batch_timeout", lambda v: v >= 0, ">= 0 seconds (0 = no budget)")
     p += _num(cfg, "max_filter_gen_batches", non_negative, ">= 0 (0 = unlimited)")
     p += _num(cfg, "gen_batch_multiplier", at_least_1, ">= 1")
     p += _num(cfg, "log_samples_every", non_negative, ">= 0 (0 = off)")

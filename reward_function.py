@@ -5,8 +5,10 @@ Public API
 compute_score(solution_str, ground_truth, strict_box_verify=False) -> dict
     verl's "math_dapo" verifier: {"score": +1.0/-1.0, "acc": bool, "pred": str}.
 verify(completion, ground_truth, mode="dapo", timeout=5.0) -> dict
-verify_batch(completions, ground_truths, mode="dapo", timeout=5.0, row_ids=None, pool=None) -> list[dict]
-    Same keys plus "timeout" (math_verify hit its hard limit) and "bad_ground_truth".
+verify_batch(completions, ground_truths, mode="dapo", timeout=5.0, row_ids=None, pool=None,
+             batch_timeout=None) -> list[dict]
+    Same keys plus "timeout" (math_verify hit its hard per-item limit, or the batch its time
+    budget) and "bad_ground_truth".
 MathVerifyPool, get_math_verify_pool(), shutdown_math_verify_pool()
 overlong_penalty(length_tokens, max_completion_length, overlong_buffer_len, penalty_factor=1.0) -> float
 make_correctness_reward(mode="dapo", answer_column="answer", timeout=5.0)   # __name__ "correctness"
@@ -134,29 +136,35 @@ def _result(correct: bool, pred: str, timeout: bool = False, bad_gt: bool = Fals
 def _score_rule(text: str, gt: str | None, mode: str) -> dict:
     """Score one completion in a non-math_verify mode. ``gt`` is already coerced."""
     if mode == "dapo":
-        found = ANSWER_RE.findall(text[-TAIL_CHARS:])
-        pred = normalize_final_answer(found[-1] if found else INVALID)
+        matches = ANSWER_RE.findall(text[-TAIL_CHARS:])
+        pred = normalize_final_answer(matches[-1] if matches else INVALID)
     elif mode == "strict_box":
         # Reference: cut to 300, then to the last 100 characters; raw comparison.
         box = last_boxed_only_string(text[-TAIL_CHARS:][-STRICT_TAIL_CHARS:])
         pred = remove_boxed(box) if box is not None else INVALID
         if gt is None or not _normalized_gt(gt):
             return _result(False, pred, bad_gt=True)
-        return _result(pred == gt, pred)
-    elif mode == "last_number":
+        # No box is wrong, whatever the ground truth (the reference compares None there; a ground truth that
+        # is literally "[INVALID]" must not match the placeholder).
+        return _result(box is not None and pred == gt, pred)
+    found = True
+    if mode == "last_number":
         numbers_found = LAST_NUMBER_RE.findall(text[-TAIL_CHARS:])
-        pred = normalize_final_answer(numbers_found[-1].replace(",", "").rstrip(".")) if numbers_found else INVALID
+        found = bool(numbers_found)
+        pred = normalize_final_answer(numbers_found[-1].replace(",", "").rstrip(".")) if found else INVALID
     elif mode == "boxed":
         box = last_boxed_only_string(text, max_scan=BOXED_MAX_CHARS)
-        pred = normalize_final_answer(remove_boxed(box)) if box is not None else INVALID
-    else:
+        found = box is not None
+        pred = normalize_final_answer(remove_boxed(box)) if found else INVALID
+    elif mode != "dapo":
         raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
     if gt is None:
         return _result(False, pred, bad_gt=True)
     norm_gt = _normalized_gt(gt)
     if not norm_gt:
         return _result(False, pred, bad_gt=True)
-    return _result(pred == norm_gt, pred)
+    # "dapo" keeps the reference's Minerva rule to the letter (it compares the "[INVALID]" placeholder too).
+    return _result(found and pred == norm_gt, pred)
 
 
 def _safe_score_rule(completion: Any, ground_truth: Any, mode: str) -> dict:
@@ -189,6 +197,7 @@ def verify_batch(
     timeout: float = 5.0,
     row_ids: Sequence[Any] | None = None,
     pool: MathVerifyPool | None = None,
+    batch_timeout: float | None = None,
 ) -> list[dict]:
     """Score a batch; math_verify items share one worker pool (the default one if None).
 
@@ -201,7 +210,7 @@ def verify_batch(
     if mode != "math_verify":
         results = [_safe_score_rule(c, g, mode) for c, g in zip(completions, ground_truths, strict=True)]
     else:
-        results = _verify_math_batch(completions, ground_truths, timeout, pool)
+        results = _verify_math_batch(completions, ground_truths, timeout, pool, batch_timeout)
     _warn_bad_rows(results, ground_truths, row_ids)
     return results
 
@@ -221,7 +230,7 @@ def _warn_bad_rows(results: list[dict], ground_truths: Sequence[Any], row_ids: S
 
 
 # --------------------------------------------------------------------------- math_verify
-def _verify_math_batch(completions, ground_truths, timeout, pool) -> list[dict]:
+def _verify_math_batch(completions, ground_truths, timeout, pool, batch_timeout=None) -> list[dict]:
     results: list[dict | None] = [None] * len(completions)
     tasks, task_index = [], []
     for i, (c, g) in enumerate(zip(completions, ground_truths, strict=True)):
@@ -233,7 +242,7 @@ def _verify_math_batch(completions, ground_truths, timeout, pool) -> list[dict]:
             pred = normalize_final_answer(answer) if answer is not None else INVALID
             if gt is None or not _normalized_gt(gt):
                 results[i] = _result(False, pred, bad_gt=True)
-            elif pred == _normalized_gt(gt):
+            elif answer is not None and pred == _normalized_gt(gt):
                 results[i] = _result(True, pred)  # the exact DAPO match needs no sympy
             else:
                 # With an "Answer:" line, parse that line; else let math-verify search the tail.
@@ -244,16 +253,55 @@ def _verify_math_batch(completions, ground_truths, timeout, pool) -> list[dict]:
             results[i] = _result(False, ERROR_PRED)
     if tasks:
         pool = pool or get_math_verify_pool()
-        for i, (ok, pred, timed_out) in zip(task_index, pool.run(tasks, timeout), strict=True):
+        for i, (ok, pred, timed_out) in zip(task_index, pool.run(tasks, timeout, batch_timeout), strict=True):
             results[i] = _result(ok, pred, timeout=timed_out)
     return results  # type: ignore[return-value]
 
 
-def _mv_worker_main(conn) -> None:
+def _die_with(owner_pid: int) -> None:
+    """End this worker as soon as the process that owns the pool is gone, however it died.
+
+    A worker's parent is the forkserver, which outlives a SIGKILLed training process while its
+    children run; a worker inside sympy would then go on for as long as the item takes. So: SIGKILL
+    on the forkserver's death (PR_SET_PDEATHSIG), and a thread waiting on the owner's pidfd."""
+    import signal
+
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except Exception:  # not Linux
+        pass
+
+    def watch():
+        try:
+            fd = os.pidfd_open(owner_pid)
+        except ProcessLookupError:
+            os.kill(os.getpid(), signal.SIGKILL)
+        except (AttributeError, OSError):  # no pidfd (old kernel / not Linux): poll
+            while True:
+                time.sleep(0.5)
+                try:
+                    os.kill(owner_pid, 0)
+                except ProcessLookupError:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                except OSError:
+                    pass
+        import select
+
+        select.select([fd], [], [])  # readable once the owner has exited; waits without the GIL
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, daemon=True, name="math-verify-owner-watch").start()
+
+
+def _mv_worker_main(conn, owner_pid: int | None = None) -> None:
     """Worker process: answers (task_id, gold, text, is_answer_line) with (task_id, ok, pred)."""
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's business
+    if owner_pid is not None:
+        _die_with(owner_pid)
     try:
         import math_verify
         import math_verify.grader
@@ -339,6 +387,29 @@ def _default_start_method() -> str:
 _START_LOCK = threading.Lock()
 
 
+def _forget_inherited_forkserver() -> None:
+    """In a child made by os.fork() (a DataLoader worker, say): the forkserver is the parent's, and
+    multiprocessing would os.waitpid() it and raise ChildProcessError. Drop the inherited handle so
+    that this process starts a forkserver of its own when it first scores with math_verify."""
+    try:
+        from multiprocessing import forkserver
+
+        server = forkserver._forkserver
+        if getattr(server, "_forkserver_pid", None) is None:
+            return
+        try:
+            os.close(server._forkserver_alive_fd)  # our copy only: the parent keeps its server alive
+        except (OSError, TypeError):
+            pass
+        server._forkserver_alive_fd = server._forkserver_address = server._forkserver_pid = None
+    except Exception:  # a different multiprocessing layout: leave it alone
+        pass
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_inherited_forkserver)
+
+
 def _start_without_main(proc) -> None:
     """Start ``proc`` without re-running the parent's ``__main__`` in the child.
 
@@ -382,7 +453,10 @@ class MathVerifyPool:
 
     ``run(tasks, timeout)`` dispatches items to idle workers; a worker still busy
     ``timeout`` seconds after it was handed an item is SIGKILLed and replaced, and that
-    item is reported as timed out (score -1). ``timeouts``, ``crashes`` and ``restarts``
+    item is reported as timed out (score -1). With ``batch_timeout``, whatever is not done that
+    many seconds after the call began is reported as timed out too (busy workers are replaced,
+    items not started are not started), so a batch of pathological completions costs at most
+    that long. ``timeouts``, ``budget_skipped``, ``crashes`` and ``restarts``
     count what happened over the pool's life. Thread-safe (one batch at a time)."""
 
     def __init__(self, num_workers: int | None = None, start_method: str | None = None, startup_timeout: float = 120.0):
@@ -397,13 +471,13 @@ class MathVerifyPool:
         self._lock = threading.Lock()
         self._pid = os.getpid()
         self._closed = False
-        self.timeouts = self.crashes = self.restarts = 0
+        self.timeouts = self.crashes = self.restarts = self.budget_skipped = 0
         self._startup_failures = 0
 
     # -- process management
     def _start_worker(self) -> _Worker:
         parent_conn, child_conn = self._ctx.Pipe(duplex=True)
-        proc = self._ctx.Process(target=_mv_worker_main, args=(child_conn,), daemon=True, name="math-verify")
+        proc = self._ctx.Process(target=_mv_worker_main, args=(child_conn, os.getpid()), daemon=True, name="math-verify")
         _start_without_main(proc)
         child_conn.close()
         return _Worker(proc, parent_conn)
@@ -443,11 +517,14 @@ class MathVerifyPool:
         return self
 
     # -- the dispatch loop
-    def run(self, tasks: Sequence[tuple[str, str, bool]], timeout: float) -> list[tuple[bool, str, bool]]:
+    def run(
+        self, tasks: Sequence[tuple[str, str, bool]], timeout: float, batch_timeout: float | None = None
+    ) -> list[tuple[bool, str, bool]]:
         """tasks: (gold, text, text_is_answer_line) -> [(correct, pred, timed_out)]."""
         results: list[Any] = [None] * len(tasks)
         pending = deque(range(len(tasks)))
         timeout = max(float(timeout), 0.0)
+        budget_end = time.monotonic() + batch_timeout if batch_timeout else float("inf")
         with self._lock:
             self._ensure_workers()
             for w in list(self._workers):
@@ -456,6 +533,11 @@ class MathVerifyPool:
                     self._replace(w)
             while pending or any(w.task is not None for w in self._workers):
                 now = time.monotonic()
+                if now >= budget_end and pending:  # the batch's time is up: the rest is not started
+                    self.budget_skipped += len(pending)
+                    for i in pending:
+                        results[i] = (False, TIMEOUT_PRED, True)
+                    pending.clear()
                 for w in self._workers:
                     if pending and w.ready and w.task is None:
                         i = pending.popleft()
@@ -465,7 +547,7 @@ class MathVerifyPool:
                             pending.appendleft(i)
                             self._replace(w)
                             continue
-                        w.task, w.deadline = i, now + timeout
+                        w.task, w.deadline = i, min(now + timeout, budget_end)
                 self._poll(now + 0.5, tasks, results)
         return results
 
@@ -571,10 +653,12 @@ class CorrectnessReward:
 
     __name__ = "correctness"
 
-    def __init__(self, mode: str = "dapo", answer_column: str = "answer", timeout: float = 5.0):
+    def __init__(
+        self, mode: str = "dapo", answer_column: str = "answer", timeout: float = 5.0, batch_timeout: float | None = None
+    ):
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
-        self.mode, self.answer_column, self.timeout = mode, answer_column, timeout
+        self.mode, self.answer_column, self.timeout, self.batch_timeout = mode, answer_column, timeout, batch_timeout
 
     def __call__(
         self,
@@ -591,7 +675,9 @@ class CorrectnessReward:
             logger.warning("reward: no %r column among %s", self.answer_column, sorted(kwargs))
             gts = [None] * len(completions)
         row_ids = kwargs.get("row_id")
-        results = verify_batch(completions, list(gts), self.mode, self.timeout, row_ids=row_ids)
+        results = verify_batch(
+            completions, list(gts), self.mode, self.timeout, row_ids=row_ids, batch_timeout=self.batch_timeout
+        )
         if log_extra is not None:
             log_extra("answer", [None if g is None else _printable(str(g)) for g in gts])
             log_extra("pred", [_printable(r["pred"]) for r in results])
@@ -612,9 +698,9 @@ def _printable(s: str) -> str:
 
 
 def make_correctness_reward(
-    mode: str = "dapo", answer_column: str = "answer", timeout: float = 5.0
+    mode: str = "dapo", answer_column: str = "answer", timeout: float = 5.0, batch_timeout: float | None = None
 ) -> CorrectnessReward:
-    return CorrectnessReward(mode=mode, answer_column=answer_column, timeout=timeout)
+    return CorrectnessReward(mode=mode, answer_column=answer_column, timeout=timeout, batch_timeout=batch_timeout)
 
 
 def overlong_penalty(

@@ -15,6 +15,7 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -138,6 +139,11 @@ class DAPOConfig(GRPOConfig):
         metadata={"help": "Verifier: dapo (Answer: line, reference), strict_box, boxed, math_verify (symbolic), last_number (lenient, for tiny models)."},
     )
     reward_timeout: float = field(default=5.0, metadata={"help": "Per-completion time limit of math_verify (s)."})
+    reward_batch_timeout: float = field(
+        default=120.0,
+        metadata={"help": "Time budget of math_verify per batch of completions (s); what is not scored by then gets -1 "
+                  "as a timeout (0 = no budget)."},
+    )
     filter_groups_enable: bool = field(
         default=True,
         metadata={"help": "Dynamic sampling: train only on groups with non-constant metric, resampling new prompts."},
@@ -289,11 +295,12 @@ class DAPOTrainer(GRPOTrainer):
 
     def _filter_metric(self, rewards_per_func: torch.Tensor) -> torch.Tensor:
         metric = self.args.filter_groups_metric
+        # An unscorable completion (NaN) stays NaN: it trains with advantage 0, so it must not make a group
+        # look informative (informative_groups looks at the finite members only).
         if metric == "seq_reward":
-            weights = self.reward_weights.to(rewards_per_func.device)
-            return (rewards_per_func * weights.unsqueeze(0)).nansum(dim=1)
+            return self._seq_rewards(rewards_per_func)
         score = self._score_column(rewards_per_func)
-        return (score > 0).float() if metric == "acc" else score
+        return torch.where(torch.isnan(score), score, (score > 0).float()) if metric == "acc" else score
 
     def _seq_rewards(self, rewards_per_func: torch.Tensor) -> torch.Tensor:
         weights = self.reward_weights.to(rewards_per_func.device)
@@ -377,9 +384,13 @@ class DAPOTrainer(GRPOTrainer):
         selected, surplus = candidates[:take], candidates[take:]
         reused = sum(1 for c in selected if c[1] == -1)
 
+        self._nonfinite["empty_rollout"] = take == 0
         if take == 0:
-            # Nothing usable: train on the last chunk unfiltered. Its groups are all constant, so the advantages
-            # are 0 and the update is empty, but the step, scheduler and logs stay consistent.
+            # Nothing usable: go through the steps of this rollout on the last chunk (advantages 0), so that the
+            # step count, scheduler and logs stay consistent, but skip its optimizer steps (guard_optimizer):
+            # a zero gradient would still move the weights through AdamW's momentum and weight decay.
+            logger.warning("Dynamic sampling found no informative group within --max_filter_gen_batches=%d: the "
+                           "optimizer steps of this rollout are skipped (weights unchanged).", args.max_filter_gen_batches)
             batch = dict(chunks[chunk_id - 1])
         else:
             batch = self._assemble(chunks, selected, take, local_groups, G)
@@ -481,24 +492,35 @@ class DAPOTrainer(GRPOTrainer):
 
     # ------------------------------------------------------------------ checkpoints & logs
     def _save_checkpoint(self, model, trial):
-        # Override: also persist the prompt stream position and carried-over groups. They are written
-        # first, so a checkpoint whose trainer_state.json exists (HF writes it last) is complete.
+        # Override: also persist the prompt stream position, carried-over groups and the rollout in flight
+        # (reliability.py). A folder left by a killed save is cleared first (nothing stale may survive), and
+        # a manifest of every file is written last, so a checkpoint is complete or detectably not.
         from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
         folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-        if self._prompt_stream is not None:
+        if self.args.should_save and os.path.isdir(folder):
+            shutil.rmtree(folder)
+        self.accelerator.wait_for_everyone()
+        with reliability.explain_disk_full(folder):
             os.makedirs(folder, exist_ok=True)
+            if self._prompt_stream is not None:
+                if self.args.should_save:
+                    state = {"prompt_stream": self._prompt_stream.state_dict(), "carry_index": self._carry_index}
+                    with open(os.path.join(folder, DAPO_STATE_FILE), "w") as f:
+                        json.dump(state, f)
+                if self._carry_index:
+                    torch.save(self._carry, os.path.join(folder, f"dapo_carry_rank{self.accelerator.process_index}.pt"))
+            reliability.save_rollout_state(self, folder)
+            super()._save_checkpoint(model, trial)
+            self.accelerator.wait_for_everyone()
             if self.args.should_save:
-                state = {"prompt_stream": self._prompt_stream.state_dict(), "carry_index": self._carry_index}
-                with open(os.path.join(folder, DAPO_STATE_FILE), "w") as f:
-                    json.dump(state, f)
-            if self._carry_index:
-                torch.save(self._carry, os.path.join(folder, f"dapo_carry_rank{self.accelerator.process_index}.pt"))
-        super()._save_checkpoint(model, trial)
+                reliability.write_manifest(folder)
 
     def _load_optimizer_and_scheduler(self, checkpoint):
         # Override: restore what _save_checkpoint added (runs only when resuming).
         super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint is not None:
+            reliability.load_rollout_state(self, checkpoint)
         if checkpoint is None or self._prompt_stream is None:
             return
         path = os.path.join(checkpoint, DAPO_STATE_FILE)
@@ -573,6 +595,10 @@ class DAPOScriptArguments(ScriptArguments):
         default=True,
         metadata={"help": "Resume from the newest complete checkpoint in --output_dir (incomplete ones are skipped)."},
     )
+    start_over: bool = field(
+        default=False,
+        metadata={"help": "Start a new run in an --output_dir that holds checkpoints (they are moved to superseded-<time>/)."},
+    )
     eval_dataset: str | None = field(
         default=None, metadata={"help": "Held-out set evaluated during training (bundled name, file or Hub id)."}
     )
@@ -621,7 +647,8 @@ def load_train_dataset(script_args: DAPOScriptArguments, training_args: DAPOConf
 def build_reward_funcs(args: DAPOConfig) -> list:
     from reward_function import make_correctness_reward, make_overlong_reward
 
-    funcs = [make_correctness_reward(mode=args.reward_mode, timeout=args.reward_timeout)]
+    funcs = [make_correctness_reward(mode=args.reward_mode, timeout=args.reward_timeout,
+                                     batch_timeout=args.reward_batch_timeout or None)]
     if args.apply_overlong_penalty:
         funcs.append(
             make_overlong_reward(args.max_completion_length, args.overlong_buffer_len, args.overlong_penalty_factor)
@@ -662,18 +689,15 @@ def main(script_args: DAPOScriptArguments, training_args: DAPOConfig, model_args
             "offline on a CPU; a Hub id such as Qwen/Qwen2.5-7B needs network access and GPUs (see recipes/)."])
     model_utils.check_model_reference(model_args.model_name_or_path)
     config_checks.raise_if(config_checks.check_output_dir(training_args.output_dir))
-    resume = training_args.resume_from_checkpoint
-    if script_args.auto_resume and resume is None:
-        identity = reliability.run_identity(model_args.model_name_or_path, script_args.dataset_name,
-                                            training_args.seed, training_args.filter_groups_enable)
-        if training_args.process_index == 0:
-            reliability.check_run_identity(training_args.output_dir, identity)
-        resume = reliability.find_resumable_checkpoint(training_args.output_dir, training_args.filter_groups_enable)
-        if resume:
-            logger.info("Resuming from %s (pass --auto_resume false to start over)", resume)
-    elif resume and reliability.checkpoint_problems(resume, training_args.filter_groups_enable):
-        raise config_checks.ConfigError([f"--resume_from_checkpoint {resume}: " + "; ".join(
-            reliability.checkpoint_problems(resume, training_args.filter_groups_enable))])
+    identity = reliability.run_identity(model_args.model_name_or_path, script_args.dataset_name,
+                                        training_args.seed, training_args.filter_groups_enable)
+    with training_args.main_process_first(local=False, desc="locking and checking --output_dir"):
+        resume = reliability.prepare_output_dir(
+            training_args.output_dir, identity, auto_resume=script_args.auto_resume, start_over=script_args.start_over,
+            resume_from_checkpoint=training_args.resume_from_checkpoint,
+            needs_dapo_state=training_args.filter_groups_enable, is_main_process=training_args.process_index == 0)
+    if resume:
+        logger.info("Resuming from %s (--start_over true would start over)", resume)
 
     # 2. Tokenizer, then the dataset (schema errors, then the prompt-length filter, which needs the tokenizer).
     from transformers import AutoTokenizer

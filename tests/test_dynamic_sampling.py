@@ -188,3 +188,33 @@ def test_resume_continues_the_prompt_stream(tmp_path):
     trainer, _ = _trainer(tmp_path / "part", _recording_reward(resumed), max_steps=6, save_strategy="steps", save_steps=2)
     trainer.train(resume_from_checkpoint=str(tmp_path / "part" / "out" / "checkpoint-2"))
     assert part + resumed == full, "the resumed run draws exactly the prompts the uninterrupted run drew"
+
+
+def test_an_empty_rollout_leaves_the_weights_untouched(tmp_path):
+    """With --filter_groups_on_limit continue and no informative group, AdamW must not step: weight decay and
+    momentum would move the weights although the gradient is 0."""
+
+    def never_informative(completion_ids, **kwargs):
+        return [-1.0] * len(completion_ids)
+
+    never_informative.__name__ = "correctness"
+    trainer, _ = _trainer(tmp_path, never_informative, max_filter_gen_batches=1, filter_groups_on_limit="continue",
+                          max_steps=4, weight_decay=0.1)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.train()
+    assert _steps(trainer, "dynamic_sampling/groups_trained") == [0, 0]
+    assert trainer.state.global_step == 4
+    after = trainer.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.parametrize("metric", ["acc", "seq_reward"])
+def test_an_unscorable_completion_does_not_make_a_group_informative(tmp_path, metric):
+    """A group of three correct answers and one unscorable (None -> NaN) trains with all-zero advantages, so
+    it must not count as informative."""
+    tok = toy_tokenizer()
+    trainer, _ = _trainer(tmp_path, make_toy_correctness(tok), filter_groups_metric=metric)
+    nan = float("nan")
+    rewards_per_func = torch.tensor([[1.0], [1.0], [1.0], [nan], [1.0], [-1.0], [nan], [1.0]])
+    assert informative_groups(trainer._filter_metric(rewards_per_func), 4).tolist() == [False, True]
+    assert group_advantages(trainer._seq_rewards(rewards_per_func), 4, "group")[:4].tolist() == [0.0] * 4

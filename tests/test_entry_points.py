@@ -161,7 +161,7 @@ BAD = [
     ("--log_samples_every", "-1"), ("--logging_steps", "0"), ("--max_steps", "0"), ("--num_train_epochs", "0"),
     ("--save_total_limit", "0"), ("--vllm_gpu_memory_utilization", "1.5"), ("--max_train_samples", "0"),
     ("--eval_num_samples", "0"), ("--eval_top_p", "0"), ("--eval_temperature", "-1"), ("--eval_batch_size", "0"),
-    ("--eval_every_steps", "-2"), ("--eval_max_new_tokens", "0"), ("--prompt_template", "chatml"),
+    ("--eval_every_steps", "-2"), ("--reward_batch_timeout", "-1"), ("--eval_max_new_tokens", "0"), ("--prompt_template", "chatml"),
 ]
 
 
