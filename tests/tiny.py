@@ -55,6 +55,16 @@ def toy_dataset(repeats: int = 16) -> Dataset:
     return Dataset.from_list([{**r, "row_id": f"toy:{i}"} for i, r in enumerate(rows)])
 
 
+def unique_toy_dataset() -> Dataset:
+    """256 distinct prompts (every sequence of 4 prompt symbols); the target is the first symbol's. Distinct prompts
+    let a multi-process test tell every trained group apart by its prompt."""
+    import itertools
+
+    rows = [{"prompt": [{"role": "user", "content": " ".join(seq)}], "answer": TARGET[seq[0]], "row_id": f"toy4:{i}"}
+            for i, seq in enumerate(itertools.product(PROMPTS, repeat=4))]
+    return Dataset.from_list(rows)
+
+
 def make_toy_correctness(tokenizer):
     """+1 iff the first completion token is the prompt's target symbol (chance ~1/16)."""
 
