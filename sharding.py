@@ -18,7 +18,7 @@ import torch
 from transformers import TrainerCallback
 
 
-class ShardingError(RuntimeError):
+class ShardingError(ValueError):
     """A sharded launch that would not (or did not) shard."""
 
 

@@ -23,6 +23,7 @@ from trl import GRPOConfig, GRPOTrainer, ModelConfig, ScriptArguments, TrlParser
 
 import logging_utils
 import reliability
+import sharding
 from dynamic_sampling import (
     PromptStream,
     concat_rows,
@@ -534,7 +535,10 @@ class DAPOTrainer(GRPOTrainer):
             self._carry_groups = len(self._carry_index)
             carry = os.path.join(checkpoint, f"dapo_carry_rank{self.accelerator.process_index}.pt")
             if self._carry_index:
-                self._carry = torch.load(carry, map_location=self.accelerator.device)
+                # Via "cpu": torch.load cannot map onto an indexed CPU device ("cpu:0", accelerate's device for
+                # CPU processes).
+                rows = torch.load(carry, map_location="cpu")
+                self._carry = {k: v.to(self.accelerator.device) if torch.is_tensor(v) else v for k, v in rows.items()}
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         # Override: add DAPO's metric names (reward/mean, clip_fraction, ...) and the sample logs
@@ -618,6 +622,7 @@ def main(script_args: DAPOScriptArguments, training_args: DAPOConfig, model_args
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # 1. Everything that can be checked cheaply is checked before any weights load.
+    sharding_check = sharding.check_launch(training_args)  # DeepSpeed / FSDP launched but would not shard: stop
     model_utils.check_model_reference(model_args.model_name_or_path)
     load_train_dataset(script_args, training_args)  # schema / column / empty-data errors surface here
     resume = training_args.resume_from_checkpoint
@@ -652,7 +657,7 @@ def main(script_args: DAPOScriptArguments, training_args: DAPOConfig, model_args
         **(training_args.model_init_kwargs or {}),
     }
     preemption = reliability.PreemptionCallback()
-    callbacks = [*logging_utils.default_callbacks(training_args), preemption]
+    callbacks = [*logging_utils.default_callbacks(training_args), preemption, sharding_check]
     eval_callback = None
     if script_args.eval_dataset:
         import evaluate
@@ -677,6 +682,7 @@ def main(script_args: DAPOScriptArguments, training_args: DAPOConfig, model_args
         sys.exit(128 + preemption.received)
     trainer.save_model(training_args.output_dir)
     logging_utils.finish_run(training_args.output_dir, trainer)
+    sharding.shutdown()
 
 
 def make_parser() -> TrlParser:

@@ -33,6 +33,12 @@ SCENARIOS = {
                   filter_groups_on_limit="continue"),
 }
 PROBE = "A B C D t1 t2"
+# Wide enough that ZeRO-3 partitions the large matrices: DeepSpeed keeps parameters under 1e5 elements whole on
+# every process (stage3_param_persistence_threshold).
+# The weights' spread shrinks with the width (1/sqrt) so that the first-token distribution stays as flat as at
+# width 32, and rewards stay informative often enough.
+HIDDEN = 384
+INIT_STD = 0.02 * (32 / HIDDEN) ** 0.5
 
 
 def layout(trainer) -> dict:
@@ -48,8 +54,10 @@ def layout(trainer) -> dict:
     engine = trainer.model_wrapped
     if type(engine).__name__ == "DeepSpeedEngine":
         info["zero_stage"] = engine.zero_optimization_stage()
-        info["offload_optimizer"] = bool(engine.zero_offload_optimizer())
-        info["offload_param"] = bool(engine.zero_offload_param())
+        for what in ("optimizer", "param"):  # device "none" or "cpu"
+            config = getattr(engine, f"zero_offload_{what}")()
+            device = getattr(config, "device", None) or "none"
+            info[f"offload_{what}"] = str(getattr(device, "value", device))
         zero_opt = engine.optimizer
         info["zero_optimizer"] = type(zero_opt).__name__
         info["inner_optimizer"] = type(zero_opt.optimizer).__name__
@@ -58,12 +66,15 @@ def layout(trainer) -> dict:
         info["local_master_numel"] = sum(int(g.numel()) for g in groups)
         if info["zero_stage"] == 3:
             info["local_param_numel"] = sum(int(p.ds_tensor.numel()) for p in params)
+            # Parameters above DeepSpeed's persistence threshold live only as shards between uses.
+            info["params_partitioned"] = sum(int(not p.ds_persist) for p in params)
             info["params_released"] = sum(int(p.numel() == 0) for p in params)
     from torch.distributed.tensor import DTensor
 
     dtensors = [p for p in params if isinstance(p, DTensor)]
     info["dtensor_params"] = len(dtensors)
     info["num_params"] = len(params)
+    info["plain_params"] = [n for n, p in trainer.model.named_parameters() if not isinstance(p, DTensor)]
     if dtensors:
         info["mesh_size"] = dtensors[0].device_mesh.size()
         info["placements"] = sorted({str(pl) for p in dtensors for pl in p.placements})
@@ -82,7 +93,7 @@ def main(out_dir: str, scenario: str, mode: str = "ddp", resume_from: str | None
                       save_strategy="steps", save_steps=2, output_dir=str(out / "run"), **SCENARIOS[scenario],
                       **device_args)
     reward = make_toy_correctness(tok) if scenario == "carry" else first_token_parity_reward
-    trainer = DAPOTrainer(model=tiny_llama(tok), reward_funcs=[reward], args=args,
+    trainer = DAPOTrainer(model=tiny_llama(tok, hidden=HIDDEN, init_std=INIT_STD), reward_funcs=[reward], args=args,
                           train_dataset=unique_toy_dataset(), processing_class=tok)
     rollouts = []
     original = trainer._dynamic_sampling_batch
@@ -97,6 +108,7 @@ def main(out_dir: str, scenario: str, mode: str = "ddp", resume_from: str | None
 
     trainer._dynamic_sampling_batch = recording
     trainer.train(resume_from_checkpoint=resume_from)
+    lay = layout(trainer)  # before the forward pass below: FSDP2 keeps the root's weights gathered after one
 
     keys = ["dynamic_sampling/groups_trained", "dynamic_sampling/groups_kept", "dynamic_sampling/num_gen_batches",
             "dynamic_sampling/zero_spread_frac_trained", "dynamic_sampling/groups_carried_over",
@@ -115,7 +127,7 @@ def main(out_dir: str, scenario: str, mode: str = "ddp", resume_from: str | None
         torch.save(logits.float().cpu(), out / "logits.pt")
     with open(out / f"rank{rank}.json", "w") as f:
         json.dump({"world": trainer.accelerator.num_processes, "rollouts": rollouts, "history": history,
-                   "losses": losses, "layout": layout(trainer)}, f)
+                   "losses": losses, "layout": lay}, f)
     trainer.accelerator.wait_for_everyone()
     sharding.shutdown()
 

@@ -32,9 +32,10 @@ def toy_tokenizer() -> PreTrainedTokenizerFast:
     return tok
 
 
-def tiny_llama(tokenizer, seed: int = 0, hidden: int = 32, layers: int = 2) -> LlamaForCausalLM:
+def tiny_llama(tokenizer, seed: int = 0, hidden: int = 32, layers: int = 2, init_std: float = 0.02) -> LlamaForCausalLM:
     torch.manual_seed(seed)
     cfg = LlamaConfig(
+        initializer_range=init_std,
         vocab_size=len(tokenizer),
         hidden_size=hidden,
         intermediate_size=2 * hidden,
