@@ -201,3 +201,23 @@ def test_a_sharded_launch_that_would_not_shard_stops_before_the_model_loads(tmp_
     assert message in proc.stderr and "ShardingError" in proc.stderr, proc.stderr[-4000:]
     assert "Loading weights" not in proc.stderr
     assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
+def test_the_train_begin_check_refuses_a_run_that_is_not_sharded_as_launched(tmp_path):
+    """The second line of defence (after the launch check): the live accelerator state and wrapped model. Here a
+    plain single-process trainer stands for a run whose sharding silently fell away."""
+    import sharding
+    from tests.test_train_dapo import small_args
+    from tests.tiny import make_toy_correctness, tiny_llama, toy_dataset, toy_tokenizer
+    from train_dapo import DAPOTrainer
+
+    tok = toy_tokenizer()
+    trainer = DAPOTrainer(model=tiny_llama(tok), reward_funcs=[make_toy_correctness(tok)],
+                          args=small_args(tmp_path, use_cpu=True), train_dataset=toy_dataset(), processing_class=tok)
+    model = trainer.model
+    assert sharding.layout_problem(None, 1, model) is None
+    assert "ZeRO-3 was asked for, accelerate runs NO" in sharding.layout_problem({"kind": "deepspeed", "stage": 3}, 1, model)
+    assert "FSDP was asked for" in sharding.layout_problem({"kind": "fsdp", "version": 2}, 1, model)
+    assert "2 were started" in sharding.layout_problem({"kind": "fsdp", "version": 2}, 2, model)
+    with pytest.raises(sharding.ShardingError, match="did not shard"):
+        sharding.ShardingCheck({"kind": "deepspeed", "stage": 2}, 1).on_train_begin(trainer.args, None, None, model=model)
