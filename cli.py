@@ -141,11 +141,13 @@ def user_errors() -> tuple[type[BaseException], ...]:
     """Errors caused by what the user asked for: printed as one message, without a traceback."""
     import logging_utils
     import reliability
+    import sharding
     from dataset_utils import DatasetError
     from model_utils import ModelResolutionError
 
     return (train_dapo.config_checks.ConfigError, DatasetError, ModelResolutionError, reliability.RunIdentityError,
-            logging_utils.ReportingError, train_dapo.FilterLimitError, reliability.NonFiniteUpdateError)
+            logging_utils.ReportingError, train_dapo.FilterLimitError, reliability.NonFiniteUpdateError,
+            sharding.ShardingError)
 
 
 def _explain(message: str, parser: DAPOParser) -> list[str]:

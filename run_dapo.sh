@@ -33,7 +33,8 @@ fi
 while IFS= read -r -d '' arg; do ARGS+=("$arg"); done < "$ENV_FLAGS"
 
 # Launcher: plain python for one process; accelerate (GPU: DDP / DeepSpeed / FSDP via ACCELERATE_CONFIG)
-# for several; torch's launcher for several CPU processes (USE_CPU=1; accelerate's multi-CPU mode needs MPI).
+# for several; torch's launcher for several CPU processes (USE_CPU=1; accelerate's multi-CPU mode needs MPI) unless
+# ACCELERATE_CONFIG asks for DeepSpeed / FSDP2, which accelerate launches on CPU processes too.
 # ACCELERATE_CONFIG takes a path or a short name from configs/ (single_gpu, multi_gpu, zero2, zero3,
 # zero3_offload, fsdp2). NUM_PROCESSES counts the processes on ALL machines (accelerate's meaning); with
 # ACCELERATE_CONFIG and no NUM_PROCESSES, the config's num_processes is used. Several machines: run this
@@ -56,12 +57,22 @@ if [ "${NUM_MACHINES:-1}" -gt 1 ]; then
     exit 2
   fi
 fi
-if [ "$USE_CPU" = 1 ] && [ "$NUM_PROCESSES" -gt 1 ]; then
+# CPU processes (USE_CPU=1): fp32, gloo. DeepSpeed is turned off by accelerate under --use_cpu, so a DeepSpeed
+# config runs with --use_cpu false --ddp_backend gloo and DeepSpeed's CPU accelerator; FSDP2 keeps --use_cpu
+# (sharding.py switches accelerate to FSDP on CPU processes).
+if [ "$USE_CPU" = 1 ] && [ -n "$ACCELERATE_CONFIG" ] && grep -q '^distributed_type: *DEEPSPEED' "$ACCELERATE_CONFIG"; then
+  ARGS+=(--use_cpu false --ddp_backend gloo)
+  export DS_ACCELERATOR=${DS_ACCELERATOR:-cpu}
+elif [ "$USE_CPU" = 1 ]; then
+  ARGS+=(--use_cpu true)
+fi
+if [ "$USE_CPU" = 1 ] && [ "$NUM_PROCESSES" -gt 1 ] && [ -z "$ACCELERATE_CONFIG" ]; then
   LAUNCH=("$PYTHON" -m torch.distributed.run --nproc_per_node "$NUM_PROCESSES" --master_port "${MAIN_PROCESS_PORT:-29500}")
 elif [ "$NUM_PROCESSES" -gt 1 ] || [ -n "$ACCELERATE_CONFIG" ]; then
   LAUNCH=("$PYTHON" -m accelerate.commands.launch)
   if [ -n "$NUM_PROCESSES_SET" ] || [ -z "$ACCELERATE_CONFIG" ]; then LAUNCH+=(--num_processes "$NUM_PROCESSES"); fi
   [ -n "$ACCELERATE_CONFIG" ] && LAUNCH+=(--config_file "$ACCELERATE_CONFIG")
+  [ "$USE_CPU" = 1 ] && LAUNCH+=(--mixed_precision no)
   [ -n "${NUM_MACHINES:-}" ] && LAUNCH+=(--num_machines "$NUM_MACHINES")
   [ -n "${MACHINE_RANK:-}" ] && LAUNCH+=(--machine_rank "$MACHINE_RANK")
   [ -n "${MAIN_PROCESS_IP:-}" ] && LAUNCH+=(--main_process_ip "$MAIN_PROCESS_IP")

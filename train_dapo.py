@@ -26,6 +26,7 @@ from trl import GRPOConfig, GRPOTrainer, ModelConfig, ScriptArguments, get_peft_
 import config_checks
 import logging_utils
 import reliability
+import sharding
 from dynamic_sampling import (
     PromptStream,
     concat_rows,
@@ -624,7 +625,10 @@ class DAPOTrainer(GRPOTrainer):
             self._carry_groups = len(self._carry_index)
             carry = os.path.join(checkpoint, f"dapo_carry_rank{self.accelerator.process_index}.pt")
             if self._carry_index:
-                self._carry = torch.load(carry, map_location=self.accelerator.device)
+                # Via "cpu": torch.load cannot map onto an indexed CPU device ("cpu:0", accelerate's device for
+                # CPU processes).
+                rows = torch.load(carry, map_location="cpu")
+                self._carry = {k: v.to(self.accelerator.device) if torch.is_tensor(v) else v for k, v in rows.items()}
 
     def create_model_card(self, model_name=None, dataset_name=None, tags=None):
         # Override: TRL names the base model from the loaded config (a local cache path here, so "None") and
@@ -779,6 +783,7 @@ def main(script_args: DAPOScriptArguments, training_args: DAPOConfig, model_args
         raise config_checks.ConfigError([
             "--model_name_or_path is required (MODEL_PATH for run_dapo.sh): smollm2-135m is embedded and runs "
             "offline on a CPU; a Hub id such as Qwen/Qwen2.5-7B needs network access and GPUs (see recipes/)."])
+    sharding_check = sharding.check_launch(training_args)  # DeepSpeed / FSDP launched but would not shard: stop
     model_utils.check_model_reference(model_args.model_name_or_path)
     config_checks.raise_if(config_checks.check_output_dir(training_args.output_dir))
     identity = reliability.run_identity(model_args.model_name_or_path, script_args.dataset_name,
@@ -814,7 +819,7 @@ def main(script_args: DAPOScriptArguments, training_args: DAPOConfig, model_args
         **(training_args.model_init_kwargs or {}),
     }
     preemption = reliability.PreemptionCallback()
-    callbacks = [*logging_utils.default_callbacks(training_args), preemption]
+    callbacks = [*logging_utils.default_callbacks(training_args), preemption, sharding_check]
     eval_callback = None
     if script_args.eval_dataset:
         import evaluate
@@ -842,6 +847,7 @@ def main(script_args: DAPOScriptArguments, training_args: DAPOConfig, model_args
     trainer.save_model(training_args.output_dir)
     trainer.create_model_card()  # also without checkpoints (TRL writes it only when it saves one)
     logging_utils.finish_run(training_args.output_dir, trainer)
+    sharding.shutdown()
 
 
 def resolved_settings(script_args, training_args, model_args) -> dict:

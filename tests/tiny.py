@@ -32,9 +32,10 @@ def toy_tokenizer() -> PreTrainedTokenizerFast:
     return tok
 
 
-def tiny_llama(tokenizer, seed: int = 0, hidden: int = 32, layers: int = 2) -> LlamaForCausalLM:
+def tiny_llama(tokenizer, seed: int = 0, hidden: int = 32, layers: int = 2, init_std: float = 0.02) -> LlamaForCausalLM:
     torch.manual_seed(seed)
     cfg = LlamaConfig(
+        initializer_range=init_std,
         vocab_size=len(tokenizer),
         hidden_size=hidden,
         intermediate_size=2 * hidden,
@@ -53,6 +54,16 @@ def tiny_llama(tokenizer, seed: int = 0, hidden: int = 32, layers: int = 2) -> L
 def toy_dataset(repeats: int = 16) -> Dataset:
     rows = [{"prompt": [{"role": "user", "content": p}], "answer": TARGET[p]} for p in PROMPTS] * repeats
     return Dataset.from_list([{**r, "row_id": f"toy:{i}"} for i, r in enumerate(rows)])
+
+
+def unique_toy_dataset() -> Dataset:
+    """256 distinct prompts (every sequence of 4 prompt symbols); the target is the first symbol's. Distinct prompts
+    let a multi-process test tell every trained group apart by its prompt."""
+    import itertools
+
+    rows = [{"prompt": [{"role": "user", "content": " ".join(seq)}], "answer": TARGET[seq[0]], "row_id": f"toy4:{i}"}
+            for i, seq in enumerate(itertools.product(PROMPTS, repeat=4))]
+    return Dataset.from_list(rows)
 
 
 def make_toy_correctness(tokenizer):
