@@ -201,7 +201,8 @@ def validate_dapo_options(cfg: DAPOConfig) -> None:
         except Exception as exc:  # not installed, or installed against a torch it cannot use
             errors.append(
                 f"--use_vllm is set but vllm cannot be imported ({type(exc).__name__}: {exc}). Install it on a "
-                "CUDA machine with `pip install -r requirements-vllm.txt` (see docs/scaling.md), or drop --use_vllm."
+                "CUDA machine with `pip install -r requirements-vllm.txt`, or on a CPU with `make setup-vllm` and run "
+                "with .venv-vllm/bin/python (see docs/scaling.md); or drop --use_vllm."
             )
     from reward_function import MODES as REWARD_MODES
 
@@ -238,11 +239,17 @@ def validate_filtering(cfg: DAPOConfig) -> None:
     if cfg.multi_objective_aggregation != "sum_then_normalize":
         errors.append("Dynamic sampling supports --multi_objective_aggregation sum_then_normalize only.")
     generate_every = cfg.steps_per_generation * cfg.num_iterations
-    if cfg.filter_groups_carry_over and cfg.gradient_accumulation_steps % generate_every == 0 and not cfg.use_vllm:
+    # TRL computes the behaviour policy's log-probs (old_per_token_logps) when a rollout spans several updates,
+    # or with vLLM when its importance-sampling correction is on; carried-over groups need them.
+    old_logps = cfg.gradient_accumulation_steps % generate_every != 0 or (
+        cfg.use_vllm and cfg.vllm_importance_sampling_correction
+    )
+    if cfg.filter_groups_carry_over and not old_logps:
         errors.append(
             "--filter_groups_carry_over trains on groups generated one step earlier, which needs the behaviour "
-            "policy's log-probs; they are only computed when one rollout is split into several updates. Set "
-            "--num_mini_batches > 1 (or --num_iterations > 1)."
+            "policy's log-probs; they are only computed when one rollout is split into several updates, or with "
+            "--use_vllm and --vllm_importance_sampling_correction true. Set --num_mini_batches > 1 (or "
+            "--num_iterations > 1)" + (", or --vllm_importance_sampling_correction true." if cfg.use_vllm else ".")
         )
     if errors:
         raise ValueError("Invalid dynamic sampling configuration:\n  - " + "\n  - ".join(errors))
@@ -264,6 +271,12 @@ class DAPOTrainer(GRPOTrainer):
     """
 
     def __init__(self, *args, **kwargs):
+        config = kwargs.get("args", args[2] if len(args) > 2 else None)
+        if config is not None and config.use_vllm and config.vllm_mode == "colocate":
+            # Before TRL builds the colocated engine: on a CPU, make its weight syncs take effect (vllm_cpu.py).
+            import vllm_cpu
+
+            vllm_cpu.apply_if_cpu()
         super().__init__(*args, **kwargs)
         self._last_rewards_per_func: torch.Tensor | None = None
         # Surplus kept groups of the previous step (--filter_groups_carry_over): this process's rows, and
