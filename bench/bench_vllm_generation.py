@@ -1,7 +1,7 @@
 """Benchmark 6: generation tokens/s on the embedded SmolLM2-135M, Hugging Face `generate` vs vLLM (CPU).
 
     make setup-vllm
-    .venv-vllm/bin/python -m bench.bench_vllm_generation [--quick] [--compile] [--write]
+    .venv-vllm/bin/python -m bench.bench_vllm_generation [--quick] [--compile] [--packed] [--write]
 
 Runs in the vLLM virtualenv (.venv-vllm), both engines in ONE process, one after the other, on the same
 prompts (the DAPO prompt of the bundled arithmetic_easy set, chat template applied), T=1.0, every
@@ -10,7 +10,8 @@ sequence exactly --tokens new tokens long (HF: min_new_tokens; vLLM: ignore_eos)
   * vLLM built the way TRL's colocate mode builds it (external_launcher, in-process, processed logprobs,
     the sampled token's logprob returned), with the CPU weight-sync change of vllm_cpu.py applied (the
     configuration training runs), eager (`enforce_eager=True`) unless --compile.
-One untimed warm-up call per engine, then --repeats timed calls; tokens/s = new tokens / wall time.
+--packed: vLLM alone, with its own packed CPU kernels (no vllm_cpu.py change: weights cannot be synced
+into it), to show what that change costs. One untimed warm-up call per engine, then --repeats timed calls; tokens/s = new tokens / wall time.
 Engine start-up (load + KV-cache allocation, + compilation with --compile) is reported separately.
 Both engines use every core this process may run on (torch threads = vLLM's OMP threads). The machine
 is shared: the load average is printed with the table. --write puts the table into BENCHMARKS.md between
@@ -70,13 +71,14 @@ def hf_arm(path: str, ids: list[list[int]], tokens: int, repeats: int, dtype) ->
     return {"engine": f"HF generate ({str(dtype).removeprefix('torch.')})", "start_s": start, "times": times}
 
 
-def vllm_arm(path: str, ids: list[list[int]], tokens: int, repeats: int, compile_: bool) -> dict:
+def vllm_arm(path: str, ids: list[list[int]], tokens: int, repeats: int, compile_: bool, packed: bool) -> dict:
     os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", "29561")
     import vllm_cpu
 
-    vllm_cpu.apply_if_cpu()
+    if not packed:
+        vllm_cpu.apply_if_cpu()
     from vllm import LLM, SamplingParams
 
     t = time.perf_counter()
@@ -93,11 +95,11 @@ def vllm_arm(path: str, ids: list[list[int]], tokens: int, repeats: int, compile
         assert all(len(o.outputs[0].token_ids) == tokens for o in outs)
 
     times = time_calls(call, repeats)
-    mode = "torch.compile" if compile_ else "eager"
+    mode = ("torch.compile" if compile_ else "eager") + (", packed CPU kernels" if packed else "")
     return {"engine": f"vLLM {mode} ({dtype})", "start_s": start, "times": times}
 
 
-def run(quick: bool = False, compile_: bool = False) -> dict:
+def run(quick: bool = False, compile_: bool = False, packed: bool = False) -> dict:
     import torch
     from transformers import AutoTokenizer
 
@@ -107,13 +109,14 @@ def run(quick: bool = False, compile_: bool = False) -> dict:
     common.quiet()
     cores = len(os.sched_getaffinity(0))
     torch.set_num_threads(cores)
-    count, tokens, repeats = (16, 32, 1) if quick else (64, 64, 3)
+    count, tokens, repeats = (16, 32, 1) if quick else (32, 64, 2)
     path = str(model_utils.embedded_model_dir("smollm2-135m"))
     ids = prompts(AutoTokenizer.from_pretrained(path), count)
     info = common.machine_info()
     info["vllm"] = vllm.__version__
-    arms = [hf_arm(path, ids, tokens, repeats, torch.float32), hf_arm(path, ids, tokens, repeats, torch.bfloat16),
-            vllm_arm(path, ids, tokens, repeats, compile_)]
+    arms = [] if packed else [hf_arm(path, ids, tokens, repeats, torch.float32),
+                              hf_arm(path, ids, tokens, repeats, torch.bfloat16)]
+    arms.append(vllm_arm(path, ids, tokens, repeats, compile_, packed))
     for arm in arms:
         arm["tokens_per_s"] = [count * tokens / t for t in arm["times"]]
     return {"machine": info, "prompts": count, "tokens": tokens, "repeats": repeats, "arms": arms,
@@ -132,32 +135,35 @@ def to_markdown(res: dict) -> str:
         "| engine | start-up s | tokens/s (median) | tokens/s (min-max) | vs HF fp32 |",
         "|---|---|---|---|---|",
     ]
-    base = common.spread(res["arms"][0]["tokens_per_s"])["median"]
+    base = common.spread(res["arms"][0]["tokens_per_s"])["median"] if res["arms"][0]["engine"].startswith("HF") else None
     for arm in res["arms"]:
         s = common.spread(arm["tokens_per_s"])
+        ratio = f"{fmt(s['median'] / base, 1)}x" if base else "n/a"
         lines.append(f"| {arm['engine']} | {fmt(arm['start_s'], 1)} | {fmt(s['median'], 0)} | "
-                     f"{fmt(s['min'], 0)}-{fmt(s['max'], 0)} | {fmt(s['median'] / base, 1)}x |")
+                     f"{fmt(s['min'], 0)}-{fmt(s['max'], 0)} | {ratio} |")
     return "\n".join(lines)
 
 
 def write(markdown: str, command: str) -> None:
     from bench.run_all import DOC, rewrite_section
 
+    tag = "bench-vllm" + ("-packed" if "--packed" in command else "")
     body = f"Command: `{command}`\n\n{markdown}"
-    DOC.write_text(rewrite_section(DOC.read_text(), body, "<!-- bench-vllm:start -->", "<!-- bench-vllm:end -->"))
+    DOC.write_text(rewrite_section(DOC.read_text(), body, f"<!-- {tag}:start -->", f"<!-- {tag}:end -->"))
 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="16 prompts x 32 tokens, one timed call")
     ap.add_argument("--compile", action="store_true", help="vLLM with its default torch.compile (minutes to start)")
+    ap.add_argument("--packed", action="store_true", help="vLLM only, with its packed CPU kernels (no weight sync)")
     ap.add_argument("--write", action="store_true", help="rewrite the bench-vllm section of BENCHMARKS.md")
     a = ap.parse_args(argv)
-    res = run(quick=a.quick, compile_=a.compile)
+    res = run(quick=a.quick, compile_=a.compile, packed=a.packed)
     table = to_markdown(res)
     print(table)
     if a.write:
-        flags = " ".join(f for f, on in (("--quick", a.quick), ("--compile", a.compile)) if on)
+        flags = " ".join(f for f, on in (("--quick", a.quick), ("--compile", a.compile), ("--packed", a.packed)) if on)
         write(table, f".venv-vllm/bin/python -m bench.bench_vllm_generation {flags}".strip())
 
 
