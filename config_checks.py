@@ -104,8 +104,9 @@ def check_dapo(cfg) -> list[str]:
         try:
             import vllm  # noqa: F401
         except Exception as exc:  # not installed, or built against a torch it cannot use
-            p.append(f"--use_vllm: vllm cannot be imported ({type(exc).__name__}: {exc}). Install it with "
-                     "`pip install -r requirements-vllm.txt` (see docs/scaling.md), or drop --use_vllm.")
+            p.append(f"--use_vllm: vllm cannot be imported ({type(exc).__name__}: {exc}). Install it on a CUDA "
+                     "machine with `pip install -r requirements-vllm.txt`, or on a CPU with `make setup-vllm` and run "
+                     "with .venv-vllm/bin/python (see docs/scaling.md); or drop --use_vllm.")
     if cfg.num_generations and cfg.num_generations >= 1 and cfg.per_device_train_batch_size >= 1:
         rows = cfg.per_device_train_batch_size * (cfg.steps_per_generation or cfg.gradient_accumulation_steps)
         if cfg.generation_batch_size is None and rows % cfg.num_generations:
@@ -129,11 +130,16 @@ def check_filtering(cfg) -> list[str]:
         p.append(f"--multi_objective_aggregation {cfg.multi_objective_aggregation}: dynamic sampling supports "
                  "sum_then_normalize only (or pass --filter_groups_enable false).")
     generate_every = cfg.steps_per_generation * cfg.num_iterations
-    if cfg.filter_groups_carry_over and cfg.gradient_accumulation_steps % generate_every == 0 and not cfg.use_vllm:
+    # TRL computes the behaviour policy's log-probs (old_per_token_logps) when a rollout spans several updates,
+    # or with vLLM when its importance-sampling correction is on; carried-over groups need them.
+    old_logps = cfg.gradient_accumulation_steps % generate_every != 0 or (
+        cfg.use_vllm and cfg.vllm_importance_sampling_correction)
+    if cfg.filter_groups_carry_over and not old_logps:
         p.append(
             "--filter_groups_carry_over: trains on groups generated one rollout earlier, which needs the behaviour "
-            "policy's log-probs; they are only computed when one rollout is split into several updates. Set "
-            "--num_mini_batches > 1 (or --num_iterations > 1).")
+            "policy's log-probs; they are only computed when one rollout is split into several updates, or with "
+            "--use_vllm and --vllm_importance_sampling_correction true. Set --num_mini_batches > 1 (or "
+            "--num_iterations > 1)" + (", or --vllm_importance_sampling_correction true." if cfg.use_vllm else "."))
     return p
 
 

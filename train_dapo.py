@@ -247,6 +247,12 @@ class DAPOTrainer(GRPOTrainer):
         # base_model_name / dataset_name: what the user asked for (the model may load from a resolved local path),
         # for the model card.
         self._card_base_model, self._card_dataset = base_model_name, dataset_name
+        config = kwargs.get("args", args[2] if len(args) > 2 else None)
+        if config is not None and config.use_vllm and config.vllm_mode == "colocate":
+            # Before TRL builds the colocated engine: on a CPU, make its weight syncs take effect (vllm_cpu.py).
+            import vllm_cpu
+
+            vllm_cpu.apply_if_cpu()
         super().__init__(*args, **kwargs)
         self._last_rewards_per_func: torch.Tensor | None = None
         # Surplus kept groups of the previous step (--filter_groups_carry_over): this process's rows, and

@@ -413,6 +413,17 @@ def test_vllm_flags_reach_dapo_config(fake_vllm, tmp_path):
     assert (cfg.vllm_mode, cfg.vllm_server_host, cfg.vllm_server_port) == ("server", "10.1.2.3", 8001)
 
 
+def test_carry_over_with_vllm_needs_the_behaviour_logprobs(fake_vllm, tmp_path):
+    """Carried-over groups need old_per_token_logps; with one update per rollout TRL computes them only
+    for vLLM's importance-sampling correction (tests/test_vllm_colocate.py checks that on the real path)."""
+    carry = dict(use_vllm=True, filter_groups_enable=True, filter_groups_carry_over=True, num_mini_batches=1)
+    with pytest.raises(ValueError, match="--vllm_importance_sampling_correction true"):
+        small_args(tmp_path, vllm_importance_sampling_correction=False, **carry)
+    assert small_args(tmp_path, vllm_importance_sampling_correction=True, **carry).filter_groups_carry_over
+    # Several updates per rollout: TRL computes them anyway, with or without the correction.
+    assert small_args(tmp_path, **{**carry, "num_mini_batches": 2}, vllm_importance_sampling_correction=False)
+
+
 @pytest.mark.skipif(_vllm_installed(), reason="vllm is installed here")
 def test_use_vllm_without_vllm_is_a_config_error(tmp_path):
     with pytest.raises(ValueError, match=r"pip install -r requirements-vllm.txt"):
