@@ -225,6 +225,8 @@ class DAPOTrainer(GRPOTrainer):
       * _calculate_rewards: remember the gathered per-function rewards (the filter metric needs them).
       * _generate_and_score_completions: with filtering on, loop generation rounds over our own prompt
         stream until a full batch of informative groups is kept, then return exactly that batch.
+      * _get_per_token_logps_and_entropies: with filtering on, defer the old-policy / reference log-probs
+        of the generation rounds, so they are computed once, for the rows trained.
       * _save_checkpoint / _load_optimizer_and_scheduler: persist the prompt stream (and carried groups).
       * log: add the DAPO metric aliases (logging_utils).
     """
