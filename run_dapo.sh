@@ -18,6 +18,10 @@ if [ -z "${PYTHON:-}" ]; then
   fi
 fi
 
+# Torch's CPU threads sleep at barriers instead of spinning: on a shared or busy CPU a spinning wait policy
+# slows every process down many times over (BENCHMARKS.md, "Threads under load").
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
+
 ARGS=()
 [ -n "${CONFIG:-}" ] && ARGS+=(--config "$CONFIG")
 # Environment variables -> flags (cli.py knows every setting; a misspelled variable is an error).
