@@ -172,7 +172,9 @@ def list_checkpoints(output_dir: str) -> list[str]:
     return [os.path.join(output_dir, name) for _, name in sorted(found, reverse=True)]
 
 
-def find_resumable_checkpoint(output_dir: str, needs_dapo_state: bool = False, remove_skipped: bool = False) -> str | None:
+def find_resumable_checkpoint(
+    output_dir: str, needs_dapo_state: bool = False, remove_skipped: bool = False
+) -> str | None:
     """Newest complete checkpoint in ``output_dir``; incomplete newer ones are reported and skipped.
 
     With ``remove_skipped`` the skipped ones whose save was interrupted (no trainer_state.json, which HF
@@ -184,7 +186,8 @@ def find_resumable_checkpoint(output_dir: str, needs_dapo_state: bool = False, r
         problems = checkpoint_problems(path, needs_dapo_state)
         if not problems:
             return path
-        logger.warning("Skipping incomplete checkpoint %s: %s. Falling back to the previous one.", path, "; ".join(problems))
+        logger.warning("Skipping incomplete checkpoint %s: %s. Falling back to the previous one.", path,
+                       "; ".join(problems))
         if remove_skipped and not os.path.exists(os.path.join(path, "trainer_state.json")):
             shutil.rmtree(path, ignore_errors=True)
             logger.warning("Removed the incomplete checkpoint %s.", path)
@@ -199,7 +202,8 @@ def remove_temp_files(output_dir: str) -> None:
         for name in os.listdir(folder):
             full = os.path.join(folder, name)
             if _is_temp_file(name) and os.path.isfile(full):
-                logger.warning("Removing %s (%d bytes), left by a save that was interrupted.", full, os.path.getsize(full))
+                logger.warning("Removing %s (%d bytes), left by a save that was interrupted.", full,
+                               os.path.getsize(full))
                 os.remove(full)
 
 
@@ -282,7 +286,8 @@ def lock_output_dir(output_dir: str) -> None:
             "--output_dir. (The lock is released as soon as that process exits, even if it was killed.)"
         ) from None
     os.ftruncate(fd, 0)
-    os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(), 0)
+    holder = f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n"
+    os.pwrite(fd, holder.encode(), 0)
     _HELD_LOCKS[key] = fd
 
 

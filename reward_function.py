@@ -477,7 +477,9 @@ class MathVerifyPool:
     # -- process management
     def _start_worker(self) -> _Worker:
         parent_conn, child_conn = self._ctx.Pipe(duplex=True)
-        proc = self._ctx.Process(target=_mv_worker_main, args=(child_conn, os.getpid()), daemon=True, name="math-verify")
+        proc = self._ctx.Process(
+            target=_mv_worker_main, args=(child_conn, os.getpid()), daemon=True, name="math-verify"
+        )
         _start_without_main(proc)
         child_conn.close()
         return _Worker(proc, parent_conn)
@@ -654,7 +656,11 @@ class CorrectnessReward:
     __name__ = "correctness"
 
     def __init__(
-        self, mode: str = "dapo", answer_column: str = "answer", timeout: float = 5.0, batch_timeout: float | None = None
+        self,
+        mode: str = "dapo",
+        answer_column: str = "answer",
+        timeout: float = 5.0,
+        batch_timeout: float | None = None,
     ):
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")

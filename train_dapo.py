@@ -479,7 +479,8 @@ class DAPOTrainer(GRPOTrainer):
             # step count, scheduler and logs stay consistent, but skip its optimizer steps (guard_optimizer):
             # a zero gradient would still move the weights through AdamW's momentum and weight decay.
             logger.warning("Dynamic sampling found no informative group within --max_filter_gen_batches=%d: the "
-                           "optimizer steps of this rollout are skipped (weights unchanged).", args.max_filter_gen_batches)
+                           "optimizer steps of this rollout are skipped (weights unchanged).",
+                           args.max_filter_gen_batches)
             batch = dict(chunks[chunk_id - 1])
         else:
             batch = self._assemble(chunks, selected, take, local_groups, G)
@@ -701,7 +702,7 @@ class DAPOScriptArguments(ScriptArguments):
     )
     start_over: bool = field(
         default=False,
-        metadata={"help": "Start a new run in an --output_dir that holds checkpoints (they are moved to superseded-<time>/)."},
+        metadata={"help": "Start a new run in an --output_dir that holds checkpoints (moved to superseded-<time>/)."},
     )
     eval_dataset: str | None = field(
         default=None, metadata={"help": "Held-out set evaluated during training (bundled name, file or Hub id)."}

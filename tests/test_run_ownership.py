@@ -17,8 +17,8 @@ from tests.test_reliability import ENV, ROOT, SCRIPT, _run, _start, _wait_for
 def test_a_second_run_on_the_same_output_dir_is_refused_while_the_first_runs(tmp_path):
     out = tmp_path / "run"
     first = _start(out, 6, "--slow-reward", "1.5", "--seed", "0")
-    _wait_for(lambda: os.path.exists(out / reliability.LOCK_FILE) and "pid" in (out / reliability.LOCK_FILE).read_text(),
-              first)
+    lock = out / reliability.LOCK_FILE
+    _wait_for(lambda: os.path.exists(lock) and "pid" in lock.read_text(), first)
     second = subprocess.run([*SCRIPT, str(out), "6", "--seed", "1"], cwd=ROOT, capture_output=True, text=True,
                             timeout=300, env=ENV)
     assert first.poll() is None, "the first run must still be running"
