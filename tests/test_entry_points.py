@@ -271,3 +271,14 @@ def test_report_to_wandb_works_offline_after_the_normal_setup(tmp_path, monkeypa
     trainer.train()
     runs = list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(runs) == 1 and runs[0].stat().st_size > 0
+
+
+def test_log_level_governs_the_projects_console_lines(tmp_path):
+    base = [sys.executable, "train_dapo.py", "--config", "recipes/quick_test.yaml", "--dry_run", "true"]
+    default = subprocess.run([*base, "--output_dir", str(tmp_path / "a")], cwd=ROOT, env=_clean_env(),
+                             capture_output=True, text=True, timeout=600)
+    quiet = subprocess.run([*base, "--output_dir", str(tmp_path / "b"), "--log_level", "warning"], cwd=ROOT,
+                           env=_clean_env(), capture_output=True, text=True, timeout=600)
+    assert default.returncode == 0 and quiet.returncode == 0, quiet.stderr[-2000:]
+    assert "INFO dapo.data: loaded 10 prompts" in default.stderr
+    assert "INFO dapo" not in quiet.stderr
