@@ -164,7 +164,7 @@ class DAPOConfig(GRPOConfig):
     )
     filter_groups_carry_over: bool = field(
         default=False,
-        metadata={"help": "Keep surplus informative groups for the next step (used once, at most one step old)."},
+        metadata={"help": "Keep surplus informative groups for the next step (used once, one rollout later)."},
     )
     entropy_coeff: float | None = field(
         default=None, metadata={"help": "Alias of --entropy_coef (entropy bonus; DAPO uses 0)."}
@@ -205,13 +205,6 @@ class DAPOConfig(GRPOConfig):
             self.warmup_steps = self.warmup_rollout_steps * self.num_mini_batches * self.num_iterations
         if self.filter_groups_enable:
             config_checks.raise_if(config_checks.check_filtering(self))
-        rollout = self.num_mini_batches * self.num_iterations
-        if self.save_strategy == "steps" and self.save_steps >= 1 and int(self.save_steps) % rollout:
-            logger.warning(
-                "--save_steps %s is not a multiple of the %d optimizer steps of one rollout: a run resumed from such "
-                "a checkpoint regenerates its rollout mid-way (valid, but not an exact continuation).",
-                self.save_steps, rollout,
-            )
 
 
 class FilterLimitError(RuntimeError):
