@@ -50,7 +50,8 @@ def grpo_config(dcfg, tmp: str):
     keys = ["per_device_train_batch_size", "gradient_accumulation_steps", "num_generations", "max_completion_length",
             "max_steps", "learning_rate", "lr_scheduler_type", "weight_decay", "max_grad_norm", "warmup_steps",
             "epsilon", "epsilon_high", "delta", "beta", "loss_type", "temperature", "top_p", "bf16", "save_strategy",
-            "logging_steps", "gradient_checkpointing", "seed", "steps_per_generation", "save_steps"]
+            "logging_steps", "gradient_checkpointing", "seed", "steps_per_generation", "save_steps",
+            "dataloader_pin_memory"]
     kwargs = {k: getattr(dcfg, k) for k in keys}
     return GRPOConfig(output_dir=tmp + "/out", report_to="none", **kwargs)
 

@@ -196,7 +196,7 @@ def test_problem_solution_layout_extracts_boxed():
 
 
 def test_dapo_layout_parquet_is_deduplicated(caplog):
-    with caplog.at_level(logging.INFO, logger="dataset_utils"):
+    with caplog.at_level(logging.INFO, logger="dapo.data"):
         ds = load_dapo_dataset(fixture("dapo_math17k_sample.parquet"))
     # 12 rows = 5 + 3 + 1 + 2 + 1 copies of 5 distinct (problem, answer) pairs
     assert len(ds) == 5
@@ -250,7 +250,7 @@ def test_dedup_of_json_rows(tmp_path, caplog):
     path = tmp_path / "dups.jsonl"
     rows = [{"problem": "What is 1 + 1?", "answer": "2"}] * 3 + [{"problem": "What is 1 + 1?", "answer": "3"}]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    with caplog.at_level(logging.INFO, logger="dataset_utils"):
+    with caplog.at_level(logging.INFO, logger="dapo.data"):
         ds = load_dapo_dataset(str(path))
     assert ds["answer"] == ["2", "3"] and ds["row_id"] == ["dups.jsonl:0", "dups.jsonl:3"]
     assert "deduplicated 4 -> 2 rows" in caplog.text
@@ -293,7 +293,7 @@ def test_prompt_length_filter_counts(tiny_tokenizer, tmp_path, caplog):
     problems = ["one two three", "a b c d e", "a b c d e f", "a b c d e f g h", " ".join(["w"] * 12)]
     path = tmp_path / "lengths.jsonl"
     path.write_text("".join(json.dumps({"problem": p, "answer": str(i)}) + "\n" for i, p in enumerate(problems)))
-    with caplog.at_level(logging.INFO, logger="dataset_utils"):
+    with caplog.at_level(logging.INFO, logger="dapo.data"):
         ds = load_dapo_dataset(str(path), template="none", tokenizer=tiny_tokenizer, max_prompt_length=8)
     assert ds["answer"] == ["0", "1", "2"]  # lengths 5, 7, 8 <= 8; 10 and 14 dropped
     assert "dropped 2 of 5 prompts" in caplog.text
@@ -420,7 +420,7 @@ def test_error_bad_rows_and_skip(caplog):
     assert "bad_rows.jsonl:2: empty problem" in msg
     assert "bad_rows.jsonl:3: no answer" in msg
     assert "skip_bad_rows=True" in msg and "--answer_column" in msg
-    with caplog.at_level(logging.WARNING, logger="dataset_utils"):
+    with caplog.at_level(logging.WARNING, logger="dapo.data"):
         ds = load_dapo_dataset(fixture("bad_rows.jsonl"), skip_bad_rows=True)
     assert ds["row_id"] == ["bad_rows.jsonl:0", "bad_rows.jsonl:4"]
     assert "skipped 3 bad row(s)" in caplog.text
@@ -508,7 +508,7 @@ def test_hub_dapo_math_dedup_with_mocked_hub(monkeypatch, caplog):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setattr(du, "_hub_reachable", lambda timeout=3.0: True)
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
-    with caplog.at_level(logging.INFO, logger="dataset_utils"):
+    with caplog.at_level(logging.INFO, logger="dapo.data"):
         ds = load_dapo_dataset(du.DAPO_MATH_HUB_ID)
     assert calls == [(du.DAPO_MATH_HUB_ID, None, "train")]
     assert len(ds) == 5 and "deduplicated 12 -> 5 rows" in caplog.text
