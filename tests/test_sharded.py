@@ -198,7 +198,7 @@ def test_a_sharded_launch_that_would_not_shard_stops_before_the_model_loads(tmp_
     }[case]
     proc = _run_dapo(tmp_path, {"NUM_PROCESSES": "2", **env}, *args, "--max_steps", "1", timeout=600)
     assert proc.returncode != 0
-    assert message in proc.stderr and "ShardingError" in proc.stderr, proc.stderr[-4000:]
+    assert message in proc.stderr and "error: " in proc.stderr, proc.stderr[-4000:]  # one line, no traceback
     assert "Loading weights" not in proc.stderr
     assert not (tmp_path / "out" / "model.safetensors").exists()
 
