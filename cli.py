@@ -43,6 +43,14 @@ TRAINING_HELP = ("output_dir", "per_device_train_batch_size", "gradient_accumula
                  "log_level", "push_to_hub")
 
 
+ARGUMENT_CLASSES = (DAPOScriptArguments, DAPOConfig, ModelConfig)
+
+
+def all_fields() -> dict[str, dataclasses.Field]:
+    """Every setting of the three argument dataclasses, by flag name."""
+    return {f.name: f for cls in ARGUMENT_CLASSES for f in dataclasses.fields(cls) if f.init}
+
+
 class DAPOParser(TrlParser):
     """TrlParser with a short error for a mistyped flag (argparse prints the whole usage first)."""
 
@@ -59,7 +67,7 @@ class DAPOParser(TrlParser):
 
 
 def make_parser() -> DAPOParser:
-    return DAPOParser((DAPOScriptArguments, DAPOConfig, ModelConfig))
+    return DAPOParser(ARGUMENT_CLASSES)
 
 
 def _own_fields(cls) -> list[dataclasses.Field]:
@@ -70,7 +78,7 @@ def _own_fields(cls) -> list[dataclasses.Field]:
 
 def short_help() -> str:
     """The options users of this script change, grouped; defaults come from the dataclasses."""
-    fields = {f.name: f for cls in (DAPOScriptArguments, DAPOConfig, ModelConfig) for f in dataclasses.fields(cls)}
+    fields = all_fields()
     groups = [
         ("Data and evaluation", [f.name for f in _own_fields(DAPOScriptArguments)] + ["dataset_train_split"]),
         ("DAPO (defaults: the reference recipe)", [f.name for f in _own_fields(DAPOConfig)]),
@@ -96,18 +104,9 @@ def short_help() -> str:
 # ---------------------------------------------------------------------------------------------- environment
 def env_flags() -> dict[str, str]:
     """Environment variable name -> flag name, for every setting of the three argument dataclasses."""
-    names = [f.name for cls in (DAPOScriptArguments, DAPOConfig, ModelConfig) for f in dataclasses.fields(cls) if f.init]
-    mapping = {n.upper(): n for n in names if n not in NOT_FROM_ENV}
+    mapping = {n.upper(): n for n in all_fields() if n not in NOT_FROM_ENV}
     mapping.update(ENV_ALIASES)
     return mapping
-
-
-def _is_list_field(name: str) -> bool:
-    for cls in (DAPOScriptArguments, DAPOConfig, ModelConfig):
-        for f in dataclasses.fields(cls):
-            if f.name == name:
-                return "list" in str(f.type)
-    return False
 
 
 def env_to_argv(environ: dict[str, str]) -> list[str]:
@@ -116,7 +115,7 @@ def env_to_argv(environ: dict[str, str]) -> list[str]:
     A variable that is not a setting but is spelled like one (LEARNIG_RATE) is an error rather than silently
     ignored. Variables owned by other tools (VLLM_*, NCCL_*, ...) are only taken when they match exactly.
     """
-    mapping = env_flags()
+    mapping, fields = env_flags(), all_fields()
     argv, problems = [], []
     known = set(mapping) | set(LAUNCHER_ENV) | {"USE_CPU"}
     for var in sorted(environ):
@@ -125,7 +124,7 @@ def env_to_argv(environ: dict[str, str]) -> list[str]:
             if value == "":
                 continue
             flag = mapping[var]
-            argv += [f"--{flag}", *(value.replace(",", " ").split() if _is_list_field(flag) else [value])]
+            argv += [f"--{flag}", *(value.replace(",", " ").split() if "list" in str(fields[flag].type) else [value])]
         elif var not in known and var.isupper() and not var.startswith(("VLLM_", "NCCL_", "TORCH", "CUDA", "HF_", "WANDB_", "SLURM")):
             close = difflib.get_close_matches(var, known, n=1, cutoff=0.88)
             if close:

@@ -41,12 +41,8 @@ def _dry_run(cmd, env, tmp_path) -> dict:
 
 
 def _defaults() -> dict:
-    out = {}
-    for cls in (DAPOScriptArguments, DAPOConfig, cli.ModelConfig):
-        for f in dataclasses.fields(cls):
-            if f.init:
-                out[f.name] = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-    return out
+    return {name: f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            for name, f in cli.all_fields().items()}
 
 
 # ----------------------------------------------------------------------------- one home for every default
