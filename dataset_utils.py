@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
 
+from chat_text import render_prompt
+
 __all__ = [
     "BOXED_INSTRUCTION",
     "BUNDLED_DATASETS",
@@ -680,14 +682,8 @@ def _answer_text(value: Any, column: str) -> tuple[str | None, str | None]:
 # --------------------------------------------------------------------------------------
 
 
-def _render_prompts(tokenizer, prompts: list[list[dict]]) -> list[str]:
-    if getattr(tokenizer, "chat_template", None):
-        return [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
-    return ["\n".join(m["content"] for m in p) for p in prompts]
-
-
 def _prompt_lengths(tokenizer, prompts: list[list[dict]]) -> list[int]:
-    texts = _render_prompts(tokenizer, prompts)
+    texts = [render_prompt(tokenizer, p) for p in prompts]
     return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
 

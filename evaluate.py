@@ -32,6 +32,8 @@ from typing import Any
 
 import torch
 
+from chat_text import message_text, render_prompt
+
 logger = logging.getLogger("dapo.evaluate")
 
 #: Keys of every per-sample record (the JSONL written by the CLI and by the training callback).
@@ -188,21 +190,6 @@ class EvalResult:
 
 
 # ====================================================================== generation
-def _user_text(messages: Any) -> str:
-    if isinstance(messages, str):
-        return messages
-    users = [m.get("content", "") for m in messages if isinstance(m, dict) and m.get("role") == "user"]
-    return users[-1] if users else ""
-
-
-def _render_prompt(tokenizer, messages: Any) -> str:
-    if isinstance(messages, str):
-        messages = [{"role": "user", "content": messages}]
-    if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return "\n".join(m["content"] for m in messages)
-
-
 def _eos_token_ids(model, tokenizer) -> list[int]:
     ids = []
     for value in (tokenizer.eos_token_id, getattr(getattr(model, "generation_config", None), "eos_token_id", None)):
@@ -413,7 +400,7 @@ def evaluate_model(
     prompt_ids = {}
     templated = bool(getattr(tokenizer, "chat_template", None))  # a chat template adds its own BOS if any
     for p in mine or [0]:
-        text = _render_prompt(tokenizer, prompts[p])
+        text = render_prompt(tokenizer, prompts[p])
         prompt_ids[p] = tokenizer(text, add_special_tokens=not templated)["input_ids"]
     samples = [(p, j) for p in mine for j in range(k)]
     batches = [samples[i : i + batch_size] for i in range(0, len(samples), batch_size)]
@@ -460,7 +447,7 @@ def evaluate_model(
                 else:
                     results = verify_batch(texts, gts, mode=reward_mode, timeout=reward_timeout, row_ids=ids_)
                 for (p, j), text, length, trunc, res in zip(batch, texts, lengths, truncated, results, strict=True):
-                    user = _user_text(prompts[p])
+                    user = message_text(prompts[p], role="user")
                     records.append({
                         "row_id": row_ids[p],
                         "problem_index": p,

@@ -36,6 +36,8 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
+from chat_text import message_text
+
 logger = logging.getLogger("dapo")
 
 # Metric names promised by the DAPO README (and a few more), as aliases of TRL's own metric names.
@@ -295,31 +297,6 @@ def _extra_at(extra: dict, name: str, i: int):
     if values is None or i >= len(values) or values[i] is None:
         return None
     return values[i] if isinstance(values[i], (int, float, bool)) else str(values[i])
-
-
-def message_text(value, role: str = "user") -> str:
-    """Readable text of a prompt/completion: a plain string, or the last ``role`` message of a
-    conversation (all assistant messages for a completion)."""
-    if value is None:
-        return ""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, (list, tuple)) and all(isinstance(m, dict) for m in value):
-        texts = [_content_text(m.get("content")) for m in value if m.get("role") == role]
-        if not texts:
-            texts = [_content_text(m.get("content")) for m in value]
-        if role == "assistant":
-            return "\n".join(texts)
-        return texts[-1] if texts else ""
-    return str(value)
-
-
-def _content_text(content) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):  # multimodal: [{"type": "text", "text": ...}, ...]
-        return " ".join(part.get("text", "") for part in content if isinstance(part, dict))
-    return "" if content is None else str(content)
 
 
 def _prompt_key(prompt) -> str:

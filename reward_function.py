@@ -47,6 +47,7 @@ from collections.abc import Callable, Sequence
 from functools import lru_cache
 from typing import Any
 
+from chat_text import message_text
 from math_normalize import (
     ANSWER_RE,
     INVALID,
@@ -71,37 +72,6 @@ BOXED_MAX_CHARS = 10_000
 
 
 # --------------------------------------------------------------------------- helpers
-def _completion_text(completion: Any) -> str:
-    """Text of a TRL completion: a string, or a chat list of messages (the assistant
-    contents are joined; content may itself be a list of {"type": "text", "text": ...})."""
-    if isinstance(completion, str):
-        return completion
-    if completion is None:
-        return ""
-    try:
-        if isinstance(completion, dict):
-            completion = [completion]
-        if isinstance(completion, (list, tuple)):
-            parts = []
-            for msg in completion:
-                if isinstance(msg, str):
-                    parts.append(msg)
-                    continue
-                if not isinstance(msg, dict) or msg.get("role", "assistant") != "assistant":
-                    continue
-                content = msg.get("content")
-                if isinstance(content, str):
-                    parts.append(content)
-                elif isinstance(content, (list, tuple)):
-                    parts.extend(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
-            return "\n".join(parts)
-        if isinstance(completion, bytes):
-            return completion.decode("utf-8", "replace")
-        return str(completion)
-    except Exception:  # a hostile __str__ and the like
-        return ""
-
-
 def _coerce_ground_truth(gt: Any) -> str | None:
     """String to compare against, or None for a bad ground truth (see module doc)."""
     if isinstance(gt, str):
@@ -169,7 +139,7 @@ def _score_rule(text: str, gt: str | None, mode: str) -> dict:
 
 def _safe_score_rule(completion: Any, ground_truth: Any, mode: str) -> dict:
     try:
-        return _score_rule(_completion_text(completion), _coerce_ground_truth(ground_truth), mode)
+        return _score_rule(message_text(completion, role="assistant"), _coerce_ground_truth(ground_truth), mode)
     except Exception:  # belt and braces: a reward must never raise on model output
         logger.exception("reward: unexpected error while scoring (scored -1)")
         return _result(False, ERROR_PRED)
@@ -235,7 +205,7 @@ def _verify_math_batch(completions, ground_truths, timeout, pool, batch_timeout=
     tasks, task_index = [], []
     for i, (c, g) in enumerate(zip(completions, ground_truths, strict=True)):
         try:
-            tail = _completion_text(c)[-TAIL_CHARS:]
+            tail = message_text(c, role="assistant")[-TAIL_CHARS:]
             gt = _coerce_ground_truth(g)
             found = ANSWER_RE.findall(tail)
             answer = found[-1] if found else None

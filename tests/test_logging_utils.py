@@ -19,6 +19,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import logging_utils as lu  # noqa: E402
+from chat_text import message_text  # noqa: E402
 
 DOC = ROOT / "docs" / "metrics.md"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -171,11 +172,11 @@ def test_collect_samples_fields_and_spread():
 
 
 def test_message_text():
-    assert lu.message_text("plain") == "plain"
+    assert message_text("plain") == "plain"
     conv = [{"role": "system", "content": "s"}, {"role": "user", "content": "u1"}, {"role": "user", "content": "u2"}]
-    assert lu.message_text(conv, role="user") == "u2"
-    assert lu.message_text([{"role": "assistant", "content": [{"type": "text", "text": "hi"}]}], "assistant") == "hi"
-    assert lu.message_text(None) == ""
+    assert message_text(conv, role="user") == "u2"
+    assert message_text([{"role": "assistant", "content": [{"type": "text", "text": "hi"}]}], "assistant") == "hi"
+    assert message_text(None) == ""
 
 
 def test_samples_markdown_escapes_code_fences():
