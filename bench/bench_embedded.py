@@ -75,7 +75,7 @@ def run_case(name: str, recipe: str, script: str, extra: list[str], env_extra: d
 def summarize(logs: list[dict], recipe: dict, extra: list[str]) -> dict:
     """Per-step time and token throughput from the logged steps."""
     cfg = dict(recipe)
-    for flag, value in zip(extra[::2], extra[1::2]):
+    for flag, value in zip(extra[::2], extra[1::2], strict=False):
         cfg[flag.lstrip("-")] = value
     G = int(cfg["num_generations"])
     per_rollout = int(cfg["per_device_train_batch_size"]) * int(cfg.get("num_mini_batches", 1)) * int(
