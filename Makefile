@@ -1,5 +1,7 @@
 # make demo   -> set up .venv (first time), then a short real DAPO run on the embedded model, offline, on CPU
 # make test   -> set up .venv (first time), then the whole pytest suite
+# make test-fast -> the suite without the minutes-long multi-process runs (the edit-run loop)
+# make lint   -> ruff (style, imports, likely bugs); CI runs it
 # make bench  -> benchmarks (writes BENCHMARKS.md); make bench-quick for a few minutes' version
 # make setup-vllm / test-vllm -> the CPU build of vLLM in its own .venv-vllm; its tests (colocate, server)
 # USE_VLLM=true make demo -> the demo generating with vLLM (from .venv-vllm)
@@ -14,7 +16,7 @@ PY_VLLM := $(VENV_VLLM)/bin/python
 # vLLM's CPU KV cache in GiB (its default is sized for a server; TRL's GPU memory fraction does not apply).
 export VLLM_CPU_KVCACHE_SPACE ?= 1
 
-.PHONY: setup demo test bench bench-quick clean setup-vllm test-vllm
+.PHONY: setup demo test test-fast lint bench bench-quick clean setup-vllm test-vllm
 
 setup: $(VENV)/.installed
 
@@ -35,8 +37,15 @@ demo: setup
 	HF_HUB_OFFLINE=1 PYTHON=$(PY) CONFIG=recipes/cpu_demo.yaml bash run_dapo.sh
 endif
 
+# PYTEST_ARGS: extra pytest options, e.g. PYTEST_ARGS="--durations=20".
 test: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q tests $(PYTEST_ARGS)
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow" tests $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check .
 
 bench: setup
 	$(PY) -m bench.run_all

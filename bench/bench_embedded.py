@@ -6,8 +6,8 @@ step, peak memory and token throughput of generation and of the update.
 Runs, as subprocesses through the real scripts:
   * the quick test:  bash test_dapo.sh --report_to none --output_dir <tmp>          (recipes/quick_test.yaml)
   * the demo:        CONFIG=recipes/cpu_demo.yaml bash run_dapo.sh --report_to none --output_dir <tmp> --max_steps 4
-                     (full mode only; 4 of the recipe's 6 optimizer steps = 2 of its 3 rollouts, which on
-                     one thread already take ~6 min; --demo-steps 6 runs the whole recipe)
+                     (full mode only; 4 of the recipe's 10 optimizer steps = 2 of its 5 rollouts;
+                     --demo-steps 10 runs the whole recipe)
 with ``PYTHON=bench/logged_python`` so that every logged step is also written to a JSONL file (the run
 is otherwise unchanged), and OMP_NUM_THREADS=1. Peak memory is the process's ru_maxrss (os.wait4).
 Throughput: generation = completion tokens generated / ``timing/generation_s``; update = completion
@@ -75,7 +75,7 @@ def run_case(name: str, recipe: str, script: str, extra: list[str], env_extra: d
 def summarize(logs: list[dict], recipe: dict, extra: list[str]) -> dict:
     """Per-step time and token throughput from the logged steps."""
     cfg = dict(recipe)
-    for flag, value in zip(extra[::2], extra[1::2]):
+    for flag, value in zip(extra[::2], extra[1::2], strict=False):
         cfg[flag.lstrip("-")] = value
     G = int(cfg["num_generations"])
     per_rollout = int(cfg["per_device_train_batch_size"]) * int(cfg.get("num_mini_batches", 1)) * int(
@@ -115,7 +115,7 @@ def summarize(logs: list[dict], recipe: dict, extra: list[str]) -> dict:
     }
 
 
-DEMO_STEPS = 4  # of the recipe's 6: one thread needs ~1.5 min per optimizer step
+DEMO_STEPS = 4  # of the recipe's 10: the first two rollouts, to keep the benchmark short on one thread
 
 
 def run(quick: bool = False, demo_steps: int = DEMO_STEPS) -> dict:
@@ -153,7 +153,7 @@ def to_markdown(res: dict) -> str:
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="the quick test only")
-    ap.add_argument("--demo-steps", type=int, default=DEMO_STEPS, help="optimizer steps of the demo (the recipe has 6)")
+    ap.add_argument("--demo-steps", type=int, default=DEMO_STEPS, help="optimizer steps of the demo (the recipe has 10)")
     opts = ap.parse_args(argv)
     res = run(quick=opts.quick, demo_steps=opts.demo_steps)
     print(to_markdown(res))

@@ -53,9 +53,9 @@ def make_fraction_reward(k: int, modulus: int = MODULUS):
 
 def informative_fraction(dataset, reward, group: int = GROUP) -> float:
     """Share of the dataset's prompts whose group the reward makes non-constant (the filter's view)."""
-    from dynamic_sampling import informative_groups
-
     import torch
+
+    from dynamic_sampling import informative_groups
 
     row_ids = [r for r in dataset["row_id"] for _ in range(group)]
     scores = torch.tensor(reward(completion_ids=[[0]] * len(row_ids), row_id=row_ids))

@@ -132,10 +132,10 @@ def run(quick: bool = False) -> dict:
         order_log.append(order)
         for kind in order:
             runs[kind].append(_one_run(kind, steps, seed=r))
-    ratios = [d["s_per_step"] / g["s_per_step"] for d, g in zip(runs["dapo"], runs["grpo"])]
-    robust = [d["s_per_step_median_rollout"] / g["s_per_step_median_rollout"] for d, g in zip(runs["dapo"], runs["grpo"])]
-    same_work = all(d["rewards"] == g["rewards"] for d, g in zip(runs["dapo"], runs["grpo"]))
-    ds_ratios = [d["s_per_trained_group"] / g["s_per_trained_group"] for d, g in zip(runs["dapo_ds"], runs["grpo"])]
+    ratios = [d["s_per_step"] / g["s_per_step"] for d, g in zip(runs["dapo"], runs["grpo"], strict=True)]
+    robust = [d["s_per_step_median_rollout"] / g["s_per_step_median_rollout"] for d, g in zip(runs["dapo"], runs["grpo"], strict=True)]
+    same_work = all(d["rewards"] == g["rewards"] for d, g in zip(runs["dapo"], runs["grpo"], strict=True))
+    ds_ratios = [d["s_per_trained_group"] / g["s_per_trained_group"] for d, g in zip(runs["dapo_ds"], runs["grpo"], strict=True)]
     return {
         "quick": quick,
         "repeats": repeats,

@@ -1,4 +1,4 @@
-"""Reward verifier benchmark (issue #4): throughput per mode on one core, and the
+"""Reward verifier benchmark: throughput per mode on one core, and the
 worst-case latency of math_verify on adversarial inputs (bounded by its timeout).
 
     python -m bench.bench_reward [--quick]

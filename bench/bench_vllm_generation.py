@@ -67,7 +67,7 @@ def hf_arm(path: str, ids: list[list[int]], tokens: int, repeats: int, dtype) ->
         assert out.shape[1] - batch["input_ids"].shape[1] == tokens
 
     times = time_calls(call, repeats)
-    del model
+    model = None  # free the weights before the next engine loads
     return {"engine": f"HF generate ({str(dtype).removeprefix('torch.')})", "start_s": start, "times": times}
 
 
@@ -101,10 +101,10 @@ def vllm_arm(path: str, ids: list[list[int]], tokens: int, repeats: int, compile
 
 def run(quick: bool = False, compile_: bool = False, packed: bool = False) -> dict:
     import torch
+    import vllm
     from transformers import AutoTokenizer
 
     import model_utils
-    import vllm
 
     common.quiet()
     cores = len(os.sched_getaffinity(0))

@@ -146,7 +146,7 @@ class StepClock(TrainerCallback):
     def median_rollout_seconds(self, steps_per_rollout: int, skip: int) -> float:
         """Median wall time of one rollout cycle (robust to a busy neighbour on a shared machine)."""
         ends = self.times[skip - 1 :: steps_per_rollout] if skip > 0 else [self.start, *self.times[steps_per_rollout - 1 :: steps_per_rollout]]
-        return statistics.median(b - a for a, b in zip(ends, ends[1:]))
+        return statistics.median(b - a for a, b in zip(ends, ends[1:], strict=False))
 
 
 def silence_printer(trainer) -> None:

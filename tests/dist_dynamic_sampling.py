@@ -100,7 +100,7 @@ def main(out_dir: str, scenario: str, mode: str = "ddp", resume_from: str | None
 
     def recording():
         batch = original()
-        prompts = [tok.decode(ids[mask.bool()]) for ids, mask in zip(batch["prompt_ids"], batch["prompt_mask"])]
+        prompts = [tok.decode(ids[mask.bool()]) for ids, mask in zip(batch["prompt_ids"], batch["prompt_mask"], strict=True)]
         rollouts.append({"step": trainer.state.global_step, "prompts": prompts,
                          "local_tokens": int(batch["completion_mask"].sum()),
                          "num_items_in_batch": int(batch["num_items_in_batch"])})

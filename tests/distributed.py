@@ -68,7 +68,7 @@ def check_run(ranks: list[dict], scenario: str) -> list[list[str]]:
     assert ranks[0]["history"] == ranks[1]["history"]
     assert len(ranks[0]["rollouts"]) == len(ranks[1]["rollouts"]) == len(ranks[0]["history"])
     trained, seen = [], set()
-    for i, (b0, b1) in enumerate(zip(ranks[0]["rollouts"], ranks[1]["rollouts"])):
+    for i, (b0, b1) in enumerate(zip(ranks[0]["rollouts"], ranks[1]["rollouts"], strict=True)):
         # Each process trains whole groups, as many as the other process.
         g0, g1 = groups_of(b0["prompts"], G), groups_of(b1["prompts"], G)
         assert len(g0) == len(g1)

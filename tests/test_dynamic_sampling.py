@@ -101,7 +101,7 @@ def test_filtering_trains_on_full_fully_informative_batches_with_resampling(tmp_
     assert max(_steps(trainer, "dynamic_sampling/num_gen_batches")) > 1
     kept = _steps(trainer, "dynamic_sampling/groups_kept")
     generated = _steps(trainer, "dynamic_sampling/groups_generated")
-    assert all(k >= need for k in kept) and all(g == need * n for g, n in zip(generated, _steps(trainer, "dynamic_sampling/num_gen_batches")))
+    assert all(k >= need for k in kept) and all(g == need * n for g, n in zip(generated, _steps(trainer, "dynamic_sampling/num_gen_batches"), strict=True))
 
 
 def test_the_returned_batch_is_the_trained_one(tmp_path):

@@ -1,4 +1,4 @@
-"""Scale-out (issue #6): accelerate configs, GPU recipes and their batch arithmetic, LoRA, the vLLM path, the
+"""Scale-out: accelerate configs, GPU recipes and their batch arithmetic, LoRA, the vLLM path, the
 multi-process launcher. Everything here runs on a CPU; what needs GPUs is listed in docs/scaling.md."""
 
 from __future__ import annotations

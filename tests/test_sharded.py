@@ -90,7 +90,7 @@ def test_sharded_run_is_sharded_and_equals_ddp(config, sharded_run, ddp_run):
     ddp_out, ddp_ranks = ddp_run(scenario)
     assert trained == check_run(ddp_ranks, scenario)
     assert ranks[0]["history"] == ddp_ranks[0]["history"]
-    for rank, ddp_rank in zip(ranks, ddp_ranks):
+    for rank, ddp_rank in zip(ranks, ddp_ranks, strict=True):
         assert rank["rollouts"] == ddp_rank["rollouts"]
     losses, ddp_losses = ranks[0]["losses"], ddp_ranks[0]["losses"]
     assert losses.keys() == ddp_losses.keys() and len(losses) == 6

@@ -60,7 +60,7 @@ def trainer_logprobs(model, prompt_ids, completion_ids) -> list[torch.Tensor]:
     """Log-probs of the sampled tokens under the trainer's model, computed here with a plain forward pass."""
     out = []
     with torch.no_grad():
-        for p, c in zip(prompt_ids, completion_ids):
+        for p, c in zip(prompt_ids, completion_ids, strict=True):
             ids = torch.tensor([list(p) + list(c)])
             logits = model(input_ids=ids).logits[0, len(p) - 1 : -1].float()
             out.append(torch.log_softmax(logits, dim=-1).gather(1, torch.tensor(list(c))[:, None])[:, 0])
@@ -75,7 +75,7 @@ def generate(trainer, prompt_ids):
 
 
 def diffs(a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:
-    return torch.cat([(x - y).abs() for x, y in zip(a, b)])
+    return torch.cat([(x - y).abs() for x, y in zip(a, b, strict=True)])
 
 
 def make_trainer(tmp_path):
@@ -176,10 +176,10 @@ def run(tmp_path_factory):
     rec = instrument(trainer)
     trainer.train()
     logs = [h for h in trainer.state.log_history if "loss" in h]
-    print("\nvLLM vs trainer log-probs (mean/max |diff|): same weights %.4f/%.4f, halved logits vs predicted "
-          "%.4f/%.4f, vs the old weights %.4f/%.4f" % tuple(
-              v for key in ("same", "halved_vs_predicted", "halved_vs_original")
-              for v in (probe[key].mean().item(), probe[key].max().item())))
+    same, predicted, original = (probe[key] for key in ("same", "halved_vs_predicted", "halved_vs_original"))
+    print(f"\nvLLM vs trainer log-probs (mean/max |diff|): same weights {same.mean():.4f}/{same.max():.4f}, "
+          f"halved logits vs predicted {predicted.mean():.4f}/{predicted.max():.4f}, "
+          f"vs the old weights {original.mean():.4f}/{original.max():.4f}")
     yield {"trainer": trainer, "probe": probe, "rec": rec, "logs": logs}
 
 
@@ -187,7 +187,7 @@ def test_the_cpu_workaround_is_in_place():
     assert vllm_cpu.vllm_runs_on_cpu(), "these tests expect the CPU build of vLLM"
     import vllm.model_executor.layers.utils as layer_utils
 
-    assert vllm_cpu.apply_if_cpu() and getattr(layer_utils.dispatch_cpu_unquantized_gemm, "_dapo_plain_cpu_linear")
+    assert vllm_cpu.apply_if_cpu() and layer_utils.dispatch_cpu_unquantized_gemm._dapo_plain_cpu_linear
 
 
 def test_weight_sync_reaches_vllm_and_moves_logprobs_as_predicted(run):

@@ -80,7 +80,7 @@ def test_server_generates_through_trls_client(server):
     assert out["prompt_ids"] == prompts
     assert len(out["completion_ids"]) == 6 and all(1 <= len(c) <= 8 for c in out["completion_ids"])
     # One log-prob per generated token, each a probability's logarithm.
-    for ids, lps in zip(out["completion_ids"], out["logprobs"]):
+    for ids, lps in zip(out["completion_ids"], out["logprobs"], strict=True):
         assert len(lps) == len(ids) and all(lp[0] <= 0 for lp in lps)
 
 

@@ -70,7 +70,7 @@ def make_toy_correctness(tokenizer):
     """+1 iff the first completion token is the prompt's target symbol (chance ~1/16)."""
 
     def correctness(completion_ids, answer, **kwargs):
-        return [1.0 if ids and ids[0] == tokenizer.convert_tokens_to_ids(a) else -1.0 for ids, a in zip(completion_ids, answer)]
+        return [1.0 if ids and ids[0] == tokenizer.convert_tokens_to_ids(a) else -1.0 for ids, a in zip(completion_ids, answer, strict=True)]
 
     return correctness
 
