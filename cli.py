@@ -19,6 +19,7 @@ import textwrap
 from trl import ModelConfig, TrlParser
 
 import train_dapo
+from shared_settings import EvalSettings, PromptSettings
 from train_dapo import DAPOConfig, DAPOScriptArguments
 
 # Names kept from the original run_dapo.sh interface; every other setting is its flag in upper case.
@@ -79,8 +80,12 @@ def _own_fields(cls) -> list[dataclasses.Field]:
 def short_help() -> str:
     """The options users of this script change, grouped; defaults come from the dataclasses."""
     fields = all_fields()
+    script = [f.name for f in _own_fields(DAPOScriptArguments)]
+    shared = {cls: [f.name for f in dataclasses.fields(cls)] for cls in (PromptSettings, EvalSettings)}
     groups = [
-        ("Data and evaluation", [f.name for f in _own_fields(DAPOScriptArguments)] + ["dataset_train_split"]),
+        ("Data", [script[0], "dataset_train_split", *shared[PromptSettings],
+                  *[n for n in script[1:] if not n.startswith("eval_")]]),
+        ("Evaluation during training", [n for n in script if n.startswith("eval_")] + shared[EvalSettings]),
         ("DAPO (defaults: the reference recipe)", [f.name for f in _own_fields(DAPOConfig)]),
         ("Training", [n for n in TRAINING_HELP if n not in {f.name for f in _own_fields(DAPOConfig)}]),
         ("Model", list(MODEL_HELP)),
