@@ -8,7 +8,6 @@ See docs/evaluation.md for the definitions and the names logged to TensorBoard /
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
