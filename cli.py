@@ -19,6 +19,7 @@ import textwrap
 from trl import ModelConfig, TrlParser
 
 import train_dapo
+from shared_settings import EvalSettings, PromptSettings
 from train_dapo import DAPOConfig, DAPOScriptArguments
 
 # Names kept from the original run_dapo.sh interface; every other setting is its flag in upper case.
@@ -79,8 +80,12 @@ def _own_fields(cls) -> list[dataclasses.Field]:
 def short_help() -> str:
     """The options users of this script change, grouped; defaults come from the dataclasses."""
     fields = all_fields()
+    script = [f.name for f in _own_fields(DAPOScriptArguments) if f.name != "dataset_name"]
+    prompt = [f.name for f in dataclasses.fields(PromptSettings)]
+    evaluation = [f.name for f in dataclasses.fields(EvalSettings)]
     groups = [
-        ("Data and evaluation", [f.name for f in _own_fields(DAPOScriptArguments)] + ["dataset_train_split"]),
+        ("Data", ["dataset_name", "dataset_train_split", *prompt, *[n for n in script if not n.startswith("eval_")]]),
+        ("Evaluation during training", [n for n in script if n.startswith("eval_")] + evaluation),
         ("DAPO (defaults: the reference recipe)", [f.name for f in _own_fields(DAPOConfig)]),
         ("Training", [n for n in TRAINING_HELP if n not in {f.name for f in _own_fields(DAPOConfig)}]),
         ("Model", list(MODEL_HELP)),

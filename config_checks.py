@@ -1,4 +1,5 @@
-"""Every check of the command-line settings, run while the arguments are parsed (before any weights load).
+"""Every check of the settings: training's, run while the arguments are parsed (before any weights load), and the
+evaluation's and the verifier mode's, shared by training, the evaluator (eval_cli.py) and the library functions.
 
 Each problem becomes one line naming the flag, the value given and the fix. All problems of a configuration are
 reported together, so a user fixes them in one round instead of one model load per mistake.
@@ -84,8 +85,6 @@ def check_numbers(cfg) -> list[str]:
 
 def check_dapo(cfg) -> list[str]:
     """Checks across DAPO settings, run on the derived values (steps_per_generation set)."""
-    from reward_function import MODES as REWARD_MODES
-
     p = []
     if cfg.epsilon_high is not None and cfg.epsilon_high < cfg.epsilon:
         p.append(f"--epsilon_high {cfg.epsilon_high}: is below --epsilon ({cfg.epsilon}); clip-higher needs "
@@ -98,8 +97,7 @@ def check_dapo(cfg) -> list[str]:
             p.append(f"--overlong_buffer_len {cfg.overlong_buffer_len}: must be smaller than --max_completion_length "
                      f"({cfg.max_completion_length}); e.g. a fifth of it (reference 4096 of 20480), or pass "
                      "--apply_overlong_penalty false.")
-    if cfg.reward_mode not in REWARD_MODES:
-        p.append(f"--reward_mode {cfg.reward_mode!r}: is not one of {', '.join(REWARD_MODES)}.")
+    p += check_reward_mode(cfg.reward_mode)
     if cfg.use_vllm:
         try:
             import vllm  # noqa: F401
@@ -147,15 +145,63 @@ def check_script_args(args) -> list[str]:
     """Checks of the data and evaluation settings (DAPOScriptArguments)."""
     p = []
     p += _num(args, "max_train_samples", lambda v: v >= 1, ">= 1 (or omit it to use every prompt)")
-    p += _num(args, "eval_every_steps", lambda v: v >= 0, ">= 0 (0 = only before the first and after the last step)")
-    p += _num(args, "eval_num_samples", lambda v: v >= 1, ">= 1")
-    p += _num(args, "eval_max_problems", lambda v: v >= 1, ">= 1 (or omit it to evaluate every problem)")
-    p += _num(args, "eval_temperature", lambda v: v >= 0, ">= 0 (0 = greedy)")
-    p += _num(args, "eval_top_p", lambda v: 0 < v <= 1, "in (0, 1]")
-    p += _num(args, "eval_max_new_tokens", lambda v: v >= 1, ">= 1 (or omit it to use --max_completion_length)")
-    p += _num(args, "eval_batch_size", lambda v: v >= 1, ">= 1")
-    if args.prompt_template not in ("dapo", "boxed", "none"):
-        p.append(f"--prompt_template {args.prompt_template!r}: must be dapo, boxed or none.")
+    p += check_eval_every_steps(args.eval_every_steps)
+    p += check_eval_settings(args)
+    p += check_prompt_template(args.prompt_template)
+    return p
+
+
+def check_reward_mode(mode: str, flag: str = "--reward_mode") -> list[str]:
+    """The verifier mode, for training, the evaluator and the verifier itself (``flag``: how the caller names it)."""
+    from reward_function import MODES
+
+    return [] if mode in MODES else [f"{flag} {mode!r}: is not one of {', '.join(MODES)}."]
+
+
+def check_prompt_template(template: str, flag: str = "--prompt_template") -> list[str]:
+    if template in ("dapo", "boxed", "none") or "{problem}" in str(template):
+        return []
+    return [f"{flag} {template!r}: must be dapo, boxed, none or a text containing {{problem}}."]
+
+
+def check_eval_every_steps(every_steps: int) -> list[str]:
+    if every_steps is not None and every_steps >= 0:
+        return []
+    return [f"--eval_every_steps {every_steps}: must be >= 0 (0 = only before the first and after the last step)."]
+
+
+# EvalSettings field, test, rule, and what omitting it (None) means for the training flag.
+EVAL_RULES = (
+    ("eval_num_samples", lambda v: v >= 1, ">= 1", None),
+    ("eval_max_problems", lambda v: v >= 1, ">= 1", "or omit it to evaluate every problem"),
+    ("eval_temperature", lambda v: v >= 0, ">= 0 (0 = greedy)", None),
+    ("eval_top_p", lambda v: 0 < v <= 1, "in (0, 1]", None),
+    ("eval_max_new_tokens", lambda v: v >= 1, ">= 1", "or omit it to use --max_completion_length"),
+    ("eval_batch_size", lambda v: v >= 1, ">= 1", None),
+)
+
+
+def check_eval_settings(settings, names: dict[str, str] | None = None) -> list[str]:
+    """Range checks of the evaluation settings (shared_settings.EvalSettings), wherever they come from.
+
+    Without ``names``: the training flags, where a setting left unset (None) takes its default
+    (``--eval_num_samples 0: must be >= 1.``). With ``names`` (field -> how the caller spells it: the evaluator's
+    ``--k``, evaluate_model's ``k``): only those settings, as generation receives them, so the length must be
+    set (``--k must be >= 1, got 0``).
+    """
+    p = []
+    for name, ok, rule, omitted in EVAL_RULES:
+        if names is not None and name not in names:
+            continue
+        value = getattr(settings, name)
+        # Unset, a training flag takes its default; generation itself needs a length.
+        may_be_unset = omitted is not None and not (names is not None and name == "eval_max_new_tokens")
+        if (value is None and may_be_unset) or (value is not None and ok(value)):
+            continue
+        if names is None:
+            p.append(f"--{name} {value}: must be {rule}{f' ({omitted})' if omitted else ''}.")
+        else:
+            p.append(f"{names[name]} must be {rule}, got {value}")
     return p
 
 

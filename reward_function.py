@@ -47,6 +47,7 @@ from collections.abc import Callable, Sequence
 from functools import lru_cache
 from typing import Any
 
+import config_checks
 from chat_text import message_text
 from math_normalize import (
     ANSWER_RE,
@@ -173,8 +174,7 @@ def verify_batch(
 
     A warning naming the row (``row_ids[i]`` if given, else the index) is logged once per
     bad ground truth."""
-    if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
+    config_checks.raise_if(config_checks.check_reward_mode(mode, flag="mode"))
     if len(completions) != len(ground_truths):
         raise ValueError(f"{len(completions)} completions but {len(ground_truths)} ground truths")
     if mode != "math_verify":
@@ -632,8 +632,7 @@ class CorrectnessReward:
         timeout: float = 5.0,
         batch_timeout: float | None = None,
     ):
-        if mode not in MODES:
-            raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
+        config_checks.raise_if(config_checks.check_reward_mode(mode, flag="mode"))
         self.mode, self.answer_column, self.timeout, self.batch_timeout = mode, answer_column, timeout, batch_timeout
 
     def __call__(

@@ -36,6 +36,7 @@ from dynamic_sampling import (
     trim_padding,
     usable_group_count,
 )
+from shared_settings import EvalSettings, PromptSettings
 
 logger = logging.getLogger("dapo")
 
@@ -674,19 +675,14 @@ class DAPOTrainer(GRPOTrainer):
 
 # ====================================================================== entry point
 @dataclass
-class DAPOScriptArguments(ScriptArguments):
-    """Data options. --dataset_name takes a bundled short name, a local file or a Hub id."""
+class DAPOScriptArguments(ScriptArguments, PromptSettings, EvalSettings):
+    """Data options, and the evaluation during training (the prompt and evaluation settings are shared with
+    the standalone evaluator, eval_cli.py). --dataset_name takes a bundled short name, a local file or a Hub id."""
 
     dataset_name: str | None = field(
         default="BytedTsinghua-SIA/DAPO-Math-17k",
         metadata={"help": "Bundled name (arithmetic, gsm8k, math500, ...), a .jsonl/.json/.parquet file or a Hub id."},
     )
-    prompt_column: str | None = field(default=None, metadata={"help": "Column holding the problem (auto-detected)."})
-    answer_column: str | None = field(default=None, metadata={"help": "Column holding the answer (auto-detected)."})
-    prompt_template: str = field(
-        default="dapo", metadata={"help": "dapo (Answer: line, reference), boxed, or none (problem text as is)."}
-    )
-    system_prompt: str | None = field(default=None, metadata={"help": "Optional system message for every prompt."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Use at most this many training prompts."})
     skip_bad_rows: bool = field(default=False, metadata={"help": "Skip rows without a problem/answer (counted)."})
     auto_resume: bool = field(
@@ -703,14 +699,6 @@ class DAPOScriptArguments(ScriptArguments):
     eval_every_steps: int = field(
         default=0, metadata={"help": "Evaluate every N optimizer steps; always before the first and after the last step."}
     )
-    eval_num_samples: int = field(default=4, metadata={"help": "k: samples per problem (avg@k, pass@k)."})
-    eval_max_problems: int | None = field(default=None, metadata={"help": "Evaluate on the first N problems."})
-    eval_temperature: float = field(default=1.0, metadata={"help": "Validation temperature (reference: 1.0)."})
-    eval_top_p: float = field(default=0.7, metadata={"help": "Validation top_p (reference: 0.7)."})
-    eval_max_new_tokens: int | None = field(
-        default=None, metadata={"help": "Validation completion length (default: --max_completion_length)."}
-    )
-    eval_batch_size: int = field(default=32, metadata={"help": "Completions generated at once during evaluation."})
     dry_run: bool = field(
         default=False,
         metadata={"help": "Check every setting, the data and the model reference, print the resolved settings "
@@ -824,9 +812,9 @@ def main(script_args: DAPOScriptArguments, training_args: DAPOConfig, model_args
     callbacks = [*logging_utils.default_callbacks(training_args), preemption, sharding_check]
     eval_callback = None
     if script_args.eval_dataset:
-        import evaluate
+        from eval_callback import make_eval_callback
 
-        eval_callback = evaluate.make_eval_callback(script_args, training_args, tokenizer)
+        eval_callback = make_eval_callback(script_args, training_args, tokenizer)
         callbacks.append(eval_callback)
     trainer = DAPOTrainer(
         model=model_path,

@@ -1,4 +1,4 @@
-"""Tests of evaluate.py (issue #5): avg@k / pass@k, evaluate_model, the training callback and the CLI.
+"""Tests of evaluation.py (avg@k / pass@k, evaluate_model), eval_callback.py (training) and eval_cli.py.
 
 Expected metric values are worked out by hand from the per-sample outcomes written next to them.
 Models are tiny Llamas built from a config with the real SmolLM2 tokenizer (no downloads).
@@ -21,8 +21,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import evaluate  # noqa: E402
-from evaluate import avg_at_k, pass_at_k, pass_at_k_of_scores, summarize  # noqa: E402
+import eval_callback  # noqa: E402
+import eval_cli  # noqa: E402
+import evaluation  # noqa: E402
+from evaluation import avg_at_k, pass_at_k, pass_at_k_of_scores, summarize  # noqa: E402
 
 RECORD_KEYS = {"row_id", "problem", "prompt", "completion", "answer", "pred", "score", "acc", "length", "truncated",
                "problem_index", "sample_index", "data_source"}
@@ -151,7 +153,7 @@ def test_pass_at_k_of_scores_and_summarize():
 def test_metric_names_become_eval_slash_names_in_tensorboard():
     from transformers.integrations.integration_utils import rewrite_logs
 
-    names = evaluate.metric_names(32)
+    names = evaluation.metric_names(32)
     assert set(rewrite_logs(dict.fromkeys(names.values(), 0.0))) == {
         "eval/avg@32", "eval/pass@32", "eval/mean_length", "eval/truncated_ratio", "eval/num_problems",
         "eval/runtime",
@@ -166,7 +168,7 @@ def test_evaluate_model_metrics_match_the_recorded_scores(tok, tmp_path):
     scorer = PlannedScorer(plan)
     rng_before = torch.get_rng_state()
     model.train()
-    result = evaluate.evaluate_model(model, tok, problems(3), k=4, temperature=1.0, top_p=0.7, max_new_tokens=5,
+    result = evaluation.evaluate_model(model, tok, problems(3), k=4, temperature=1.0, top_p=0.7, max_new_tokens=5,
                                      reward_mode="dapo", batch_size=5, seed=0, progress=False, scorer=scorer)
     assert model.training, "train mode is restored"
     assert torch.equal(torch.get_rng_state(), rng_before), "the global RNG is not disturbed"
@@ -197,7 +199,7 @@ def test_evaluate_model_metrics_match_the_recorded_scores(tok, tmp_path):
     assert len(lines) == 12 and all(set(x) == RECORD_KEYS | {"step"} for x in lines)
 
     # Same seed and batch size: the same completions.
-    again = evaluate.evaluate_model(model, tok, problems(3), k=4, temperature=1.0, top_p=0.7, max_new_tokens=5,
+    again = evaluation.evaluate_model(model, tok, problems(3), k=4, temperature=1.0, top_p=0.7, max_new_tokens=5,
                                     reward_mode="dapo", batch_size=5, seed=0, progress=False,
                                     scorer=PlannedScorer(plan))
     assert [r["completion"] for r in again.records] == [r["completion"] for r in recs]
@@ -209,8 +211,8 @@ def test_shared_prompt_cache_gives_the_same_completions_as_plain_generate(tok):
     rows[1]["prompt"][0]["content"] = "A much longer question, so that the prompts need left padding: 1 + 1?"
     kwargs = dict(k=3, temperature=1.0, top_p=0.9, max_new_tokens=6, reward_mode="dapo", batch_size=4, seed=3,
                   progress=False)
-    shared = evaluate.evaluate_model(model, tok, rows, share_prompt_cache=True, **kwargs)
-    plain = evaluate.evaluate_model(model, tok, rows, share_prompt_cache=False, **kwargs)
+    shared = evaluation.evaluate_model(model, tok, rows, share_prompt_cache=True, **kwargs)
+    plain = evaluation.evaluate_model(model, tok, rows, share_prompt_cache=False, **kwargs)
     assert [r["completion"] for r in shared.records] == [r["completion"] for r in plain.records]
     assert [r["length"] for r in shared.records] == [r["length"] for r in plain.records]
 
@@ -219,8 +221,8 @@ def test_evaluate_model_default_verifier_and_greedy(tok):
     from reward_function import verify
 
     model = tiny_model(tok, seed=1)
-    ds = evaluate.load_eval_dataset("arithmetic_test", max_problems=2)
-    result = evaluate.evaluate_model(model, tok, ds, k=2, temperature=0.0, top_p=1.0, max_new_tokens=4,
+    ds = evaluation.load_eval_dataset("arithmetic_test", max_problems=2)
+    result = evaluation.evaluate_model(model, tok, ds, k=2, temperature=0.0, top_p=1.0, max_new_tokens=4,
                                      reward_mode="last_number", batch_size=4, seed=0, progress=False)
     recs = result.records
     for r in recs:  # the scores are the verifier's
@@ -239,7 +241,7 @@ def test_evaluate_model_rejects_bad_settings(tok):
                 dict(reward_mode="nope")):
         kwargs = dict(k=1, temperature=1.0, top_p=1.0, max_new_tokens=2, reward_mode="dapo", batch_size=2, seed=0)
         with pytest.raises(ValueError):
-            evaluate.evaluate_model(model, tok, problems(1), progress=False, **{**kwargs, **bad})
+            evaluation.evaluate_model(model, tok, problems(1), progress=False, **{**kwargs, **bad})
 
 
 def test_sharded_evaluation_agrees_on_every_process(tok, monkeypatch):
@@ -259,7 +261,7 @@ def test_sharded_evaluation_agrees_on_every_process(tok, monkeypatch):
         barrier.wait()
         return gathered
 
-    monkeypatch.setattr(evaluate, "_gather_objects", thread_gather)
+    monkeypatch.setattr(evaluation, "_gather_objects", thread_gather)
     plan = {f"p:{i}": c for i, c in enumerate([0, 1, 2, 3, 4])}
     results, calls, errors = {}, {0: 0, 1: 0}, []
 
@@ -275,7 +277,7 @@ def test_sharded_evaluation_agrees_on_every_process(tok, monkeypatch):
 
             model.generate = counted
             acc = type("Acc", (), dict(num_processes=2, process_index=rank, is_main_process=rank == 0, device="cpu"))
-            results[rank] = evaluate.evaluate_model(
+            results[rank] = evaluation.evaluate_model(
                 model, tok, problems(5), k=4, temperature=1.0, top_p=0.7, max_new_tokens=3, reward_mode="dapo",
                 batch_size=3, seed=0, accelerator=acc, progress=False, scorer=PlannedScorer(plan))
         except BaseException as exc:  # surfaced below
@@ -304,7 +306,7 @@ sys.path.insert(0, {tests!r})
 import torch
 torch.set_num_threads(1)
 from accelerate import PartialState
-import evaluate
+import evaluation
 from test_evaluate import PlannedScorer, problems, tiny_model
 from transformers import AutoTokenizer
 import model_utils
@@ -313,8 +315,8 @@ state = PartialState(cpu=True)
 tok = AutoTokenizer.from_pretrained(model_utils.embedded_model_dir("smollm2-135m"))
 model = tiny_model(tok)
 plan = {{f"p:{{i}}": c for i, c in enumerate([0, 1, 2, 3, 4])}}
-res = evaluate.evaluate_model(model, tok, problems(5), k=4, temperature=1.0, top_p=0.7, max_new_tokens=3,
-                              reward_mode="dapo", batch_size=3, seed=0, accelerator=state, progress=False,
+res = evaluation.evaluate_model(model, tok, problems(5), k=4, temperature=1.0, top_p=0.7, max_new_tokens=3,
+                                reward_mode="dapo", batch_size=3, seed=0, accelerator=state, progress=False,
                               scorer=PlannedScorer(plan))
 with open(os.path.join({out!r}, f"rank{{state.process_index}}.json"), "w") as f:
     json.dump({{"world": state.num_processes, "metrics": res.metrics, "records": res.records}}, f)
@@ -362,7 +364,7 @@ def test_callback_logs_eval_metrics_during_a_two_step_dapo_run(tok, tmp_path):
                       reward_mode="last_number", filter_groups_enable=False)
     script_args = DAPOScriptArguments(eval_dataset="arithmetic_test", eval_every_steps=1, eval_num_samples=2,
                                       eval_max_problems=3, eval_max_new_tokens=6, eval_batch_size=4)
-    callback = evaluate.make_eval_callback(script_args, args, tok)
+    callback = eval_callback.make_eval_callback(script_args, args, tok)
     assert len(callback.dataset) == 3 and callback.k == 2
     trainer = DAPOTrainer(model=tiny_model(tok), reward_funcs=build_reward_funcs(args), args=args,
                           train_dataset=load_dapo_dataset("arithmetic", max_samples=8),
@@ -404,9 +406,9 @@ def test_make_eval_callback_fails_on_a_bad_eval_dataset(tok, tmp_path):
                       gradient_accumulation_steps=1, num_mini_batches=1, max_completion_length=12,
                       overlong_buffer_len=4, report_to="none", bf16=False)
     with pytest.raises(DatasetError, match="unknown dataset"):
-        evaluate.make_eval_callback(DAPOScriptArguments(eval_dataset="no_such_eval_set"), args, tok)
+        eval_callback.make_eval_callback(DAPOScriptArguments(eval_dataset="no_such_eval_set"), args, tok)
     with pytest.raises(ValueError, match="eval_num_samples"):
-        evaluate.make_eval_callback(DAPOScriptArguments(eval_dataset="aime24", eval_num_samples=0), args, tok)
+        eval_callback.make_eval_callback(DAPOScriptArguments(eval_dataset="aime24", eval_num_samples=0), args, tok)
 
 
 # ====================================================================== command line
@@ -418,7 +420,7 @@ def no_weights(monkeypatch):
     def forbidden(*a, **k):
         raise AssertionError("weights were loaded before the argument checks")
 
-    monkeypatch.setattr(evaluate, "load_model_and_tokenizer", forbidden)
+    monkeypatch.setattr(eval_cli, "load_model_and_tokenizer", forbidden)
     monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", forbidden)
 
 
@@ -435,7 +437,7 @@ def no_weights(monkeypatch):
 )
 def test_cli_fails_fast_before_loading_weights(no_weights, capsys, monkeypatch, argv, message):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    assert evaluate.main(argv) == 2
+    assert eval_cli.main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and message in err
 
@@ -444,7 +446,7 @@ def test_cli_points_at_checkpoints_of_an_output_dir(no_weights, capsys, tmp_path
     for step in (5, 10):
         (tmp_path / f"checkpoint-{step}").mkdir()
         (tmp_path / f"checkpoint-{step}" / "config.json").write_text("{}")
-    assert evaluate.main(["--model", str(tmp_path), "--dataset", "aime24"]) == 2
+    assert eval_cli.main(["--model", str(tmp_path), "--dataset", "aime24"]) == 2
     assert "checkpoint-10" in capsys.readouterr().err
 
 
@@ -457,7 +459,7 @@ def test_cli_evaluates_a_saved_model_and_a_peft_adapter(tok, tmp_path, capsys):
     out = tmp_path / "results.jsonl"
     argv = ["--dataset", "arithmetic_test", "--max_problems", "2", "--k", "2", "--max_new_tokens", "4",
             "--reward_mode", "last_number", "--batch_size", "4", "--no_progress", "true"]
-    assert evaluate.main(["--model", str(model_dir), "--output", str(out), *argv]) == 0
+    assert eval_cli.main(["--model", str(model_dir), "--output", str(out), *argv]) == 0
     lines = [json.loads(x) for x in out.read_text().splitlines()]
     assert len(lines) == 4 and all(set(x) == RECORD_KEYS for x in lines)
     summary = json.loads((tmp_path / "results.summary.json").read_text())
@@ -473,12 +475,12 @@ def test_cli_evaluates_a_saved_model_and_a_peft_adapter(tok, tmp_path, capsys):
     config["base_model_name_or_path"] = str(model_dir)
     (adapter_dir / "adapter_config.json").write_text(json.dumps(config))
     out2 = tmp_path / "adapter.jsonl"
-    assert evaluate.main(["--model", str(adapter_dir), "--output", str(out2), *argv]) == 0
+    assert eval_cli.main(["--model", str(adapter_dir), "--output", str(out2), *argv]) == 0
     assert len(out2.read_text().splitlines()) == 4
 
 
 def test_cli_help_lists_the_options():
-    text = evaluate.make_parser().format_help()
+    text = eval_cli.make_parser().format_help()
     for option in ("--model", "--dataset", "--k", "--max_problems", "--temperature", "--top_p", "--max_new_tokens",
                    "--reward_mode", "--batch_size", "--output", "--seed", "--template", "--dtype", "gsm8k_test"):
         assert option in text
