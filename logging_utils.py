@@ -457,27 +457,36 @@ class ConsoleLogCallback(TrainerCallback):
         self._write(line)
 
     def _write(self, line: str) -> None:
-        # The progress bar is drawn on the line the cursor is on. tqdm's external_write_mode erases it ("\r")
-        # and redraws it after our line; the flush puts the line out before the redraw (stdout is
-        # block-buffered in a pipe). In a log file "\r" is no line break, so there the bar's line is ended.
+        # The progress bar stays on the line the cursor is on, so the line must not be written straight after it.
         from tqdm.auto import tqdm
 
         stream = sys.stdout if self._stream is None else self._stream
-        with tqdm.external_write_mode(file=stream):
-            if _bar_shown_on(stream) and not _isatty(stream):
-                stream.write("\n")
-            stream.write(line + "\n")
+        if _isatty(stream) or not _bar_shown_on(stream):
+            # A terminal: tqdm erases the bar ("\r"), we write, it redraws the bar below. The flush puts the line
+            # out before the redraw.
+            with tqdm.external_write_mode(file=stream):
+                stream.write(line + "\n")
+                stream.flush()
+        else:
+            # A log file or pipe, where "\r" is no line break: end the bar's line (its last state stays there).
+            stream.write("\n" + line + "\n")
             stream.flush()
 
 
 def _bar_shown_on(stream) -> bool:
-    """Whether a live tqdm bar writes to ``stream`` or, like it, to the terminal (stdout / stderr): the
-    bars tqdm.external_write_mode erases."""
+    """Whether a live tqdm bar writes to the same file or pipe as ``stream`` (e.g. stdout and stderr with 2>&1)."""
     from tqdm.auto import tqdm
 
-    std = (sys.stdout, sys.stderr)
-    return any(hasattr(bar, "start_t") and (bar.fp == stream or (bar.fp in std and stream in std))
-               for bar in list(getattr(tqdm, "_instances", [])))
+    return any(hasattr(bar, "start_t") and _same_output(bar.fp, stream) for bar in list(getattr(tqdm, "_instances", [])))
+
+
+def _same_output(a, b) -> bool:
+    if a == b:
+        return True
+    try:
+        return os.path.sameopenfile(a.fileno(), b.fileno())
+    except (AttributeError, OSError, ValueError):  # no file descriptor (io.UnsupportedOperation is an OSError)
+        return False
 
 
 def _isatty(stream) -> bool:
