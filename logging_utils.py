@@ -499,16 +499,18 @@ def _isatty(stream) -> bool:
 # The progress bar / printer the Trainer adds, minus the raw metric dict they print for every optimizer step
 # (ConsoleLogCallback prints those steps; eval results and the end-of-training summary still go through).
 # The full dicts are in TensorBoard / W&B and ``trainer.state.log_history``.
-class QuietProgressCallback(ProgressCallback):
+class _WithoutStepDicts:
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not (logs and _is_step_log(logs)):
             super().on_log(args, state, control, logs=logs, **kwargs)
 
 
-class QuietPrinterCallback(PrinterCallback):  # with --disable_tqdm
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if not (logs and _is_step_log(logs)):
-            super().on_log(args, state, control, logs=logs, **kwargs)
+class QuietProgressCallback(_WithoutStepDicts, ProgressCallback):
+    pass
+
+
+class QuietPrinterCallback(_WithoutStepDicts, PrinterCallback):  # with --disable_tqdm
+    pass
 
 
 def quiet_step_logs(trainer) -> None:
