@@ -26,6 +26,7 @@ from trl import GRPOConfig, GRPOTrainer, ModelConfig, ScriptArguments, get_peft_
 import config_checks
 import logging_utils
 import reliability
+import run_report
 import sharding
 from dynamic_sampling import (
     PromptStream,
@@ -222,7 +223,7 @@ class DAPOTrainer(GRPOTrainer):
       * _get_per_token_logps_and_entropies: with filtering on, defer the old-policy / reference log-probs
         of the generation rounds, so they are computed once, for the rows trained.
       * _save_checkpoint / _load_optimizer_and_scheduler: persist the prompt stream (and carried groups).
-      * log: add the DAPO metric aliases (logging_utils).
+      * log: the run monitor (logging_utils) adds the metric aliases, derived metrics and completion samples.
     """
 
     # The saved model card (create_model_card) names DAPO, its paper and tags.
@@ -263,6 +264,9 @@ class DAPOTrainer(GRPOTrainer):
         self._logps_placeholder = False
         self._logprob_rows = 0
         self._nonfinite = {"skipped": 0, "in_a_row": 0}
+        # Monitoring, called from log(): tokens are counted from where train() (re)starts.
+        self.run_monitor = logging_utils.RunMonitor(logging_utils.steps_per_rollout(self.args), initial_tokens=None)
+        logging_utils.quiet_step_logs(self)  # with the one-line console, no raw metric dict per step
 
     def create_optimizer(self, *args, **kwargs):
         # Override: skip (and count) optimizer steps with non-finite gradients (reliability.py).
@@ -664,12 +668,12 @@ class DAPOTrainer(GRPOTrainer):
         card.save(os.path.join(self.args.output_dir, "README.md"))
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        # Override: add DAPO's metric names (reward/mean, clip_fraction, ...) and the sample logs
-        # (logging_utils) before TRL averages the metrics and hands them to TensorBoard / W&B.
+        # Override: add the metric aliases (reward/mean, clip_fraction, ...), the derived metrics and the sample
+        # logs (logging_utils.RunMonitor) before TRL averages the metrics and hands them to TensorBoard / W&B.
         mode = "train" if self.model.training else "eval"
         if mode == "train":
             self._metrics[mode]["reliability/skipped_updates"].append(self._nonfinite["skipped"])
-        logging_utils.on_trainer_log(self, logs, mode)
+        self.run_monitor.on_log(self, mode)
         super().log(logs, start_time)
 
 
@@ -836,7 +840,7 @@ def main(script_args: DAPOScriptArguments, training_args: DAPOConfig, model_args
         sys.exit(128 + preemption.received)
     trainer.save_model(training_args.output_dir)
     trainer.create_model_card()  # also without checkpoints (TRL writes it only when it saves one)
-    logging_utils.finish_run(training_args.output_dir, trainer)
+    run_report.finish_run(training_args.output_dir, trainer)
     sharding.shutdown()
 
 

@@ -22,6 +22,7 @@ if str(ROOT) not in sys.path:
 
 import math_normalize as mn  # noqa: E402
 import reward_function as rf  # noqa: E402
+import verifier_pool as vp  # noqa: E402
 
 WORDS = (
     "we so let then therefore thus compute the sum of and x y z n k + - = ( ) "
@@ -105,7 +106,7 @@ def _run(quick: bool) -> dict:
         mv_comps.append(f"... so the answer is\nAnswer: {p / q if right else p / q + 1:.12g}")
         mv_gts.append(f"\\frac{{{p}}}{{{q}}}")
     t = time.perf_counter()
-    pool = rf.MathVerifyPool(num_workers=1)
+    pool = vp.MathVerifyPool(num_workers=1)
     pool.warm_up()
     startup = time.perf_counter() - t
     try:

@@ -22,6 +22,7 @@ if str(ROOT) not in sys.path:
 
 import math_normalize as mn  # noqa: E402
 import reward_function as rf  # noqa: E402
+import verifier_pool as vp  # noqa: E402
 
 BS = "\\"
 
@@ -393,7 +394,7 @@ def test_last_boxed_only_string():
 # --------------------------------------------------------------------------- math_verify mode
 @pytest.fixture(scope="module")
 def pool():
-    p = rf.MathVerifyPool(num_workers=1).warm_up()
+    p = vp.MathVerifyPool(num_workers=1).warm_up()
     yield p
     p.close()
 
@@ -520,7 +521,7 @@ def test_correctness_reward_math_verify_logs_timeouts():
             log_metric=lambda k, v: metrics.__setitem__(k, v),
         )
     finally:
-        rf.shutdown_math_verify_pool()
+        vp.shutdown_math_verify_pool()
     assert scores == [1.0, -1.0]
     assert metrics == {"reward/verifier_timeouts": 0.0, "reward/bad_ground_truth": 0.0}
 

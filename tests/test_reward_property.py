@@ -23,6 +23,7 @@ if str(ROOT) not in sys.path:
 
 import math_normalize as mn  # noqa: E402
 import reward_function as rf  # noqa: E402
+import verifier_pool as vp  # noqa: E402
 
 
 # ----------------------------------------------------------------- the reference, literally
@@ -168,7 +169,7 @@ def test_rule_modes_never_raise(text, gt, mode):
 
 @pytest.fixture(scope="module")
 def pool():
-    p = rf.MathVerifyPool(num_workers=1).warm_up()
+    p = vp.MathVerifyPool(num_workers=1).warm_up()
     yield p
     p.close()
 

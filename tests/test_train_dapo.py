@@ -242,7 +242,7 @@ def test_end_to_end_with_dapo_rewards_and_tensorboard(tmp_path):
     acc = EventAccumulator(os.path.dirname(run_dirs[0]))
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
-    for name in ["loss", "reward/mean", "reward/std", "learning_rate", "clip_fraction/low", "clip_fraction/high", "entropy"]:
+    for name in ["loss", "reward/mean", "reward/std", "learning_rate", "clip_ratio/low_mean", "clip_ratio/high_mean", "entropy"]:
         assert f"train/{name}" in tags, name
 
 

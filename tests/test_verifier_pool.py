@@ -12,14 +12,15 @@ import time
 import pytest
 
 import reward_function as rf
+import verifier_pool as vp
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Parsing x^x^...^ (280 characters) takes math-verify about 7 s (more on a loaded machine).
 SLOW = "Answer: $" + "x^" * 140 + "$"
 
 PARENT = f"""
-import multiprocessing.forkserver as fs, reward_function as rf
-pool = rf.MathVerifyPool(num_workers=2).warm_up()
+import multiprocessing.forkserver as fs, reward_function as rf, verifier_pool as vp
+pool = vp.MathVerifyPool(num_workers=2).warm_up()
 print("PIDS", fs._forkserver._forkserver_pid, *[w.proc.pid for w in pool._workers], flush=True)
 rf.verify_batch([{SLOW!r}] * 2, ["1"] * 2, mode="math_verify", timeout=600, pool=pool)
 """
@@ -64,7 +65,7 @@ def test_scoring_in_an_os_fork_child_after_the_parent_used_the_pool():
         except BaseException as exc:  # noqa: BLE001 - report anything to the parent
             os.write(write, f"raised {type(exc).__name__}: {exc}".encode())
         finally:
-            rf.shutdown_math_verify_pool()
+            vp.shutdown_math_verify_pool()
             os._exit(0)
     os.close(write)
     _, status = os.waitpid(pid, 0)
@@ -77,12 +78,12 @@ def test_scoring_in_an_os_fork_child_after_the_parent_used_the_pool():
 
 
 def test_a_batch_stops_at_its_time_budget():
-    with rf.MathVerifyPool(num_workers=1) as pool:
+    with vp.MathVerifyPool(num_workers=1) as pool:
         pool.warm_up()
         # 6 items of several seconds each, 5 s per item, 2 s for the batch: the first item is stopped at the
         # budget and the other 5 are never started.
         out = rf.verify_batch([SLOW] * 6, ["1"] * 6, mode="math_verify", timeout=5.0, pool=pool, batch_timeout=2.0)
-        assert [(r["score"], r["timeout"], r["pred"]) for r in out] == [(-1.0, True, rf.TIMEOUT_PRED)] * 6
+        assert [(r["score"], r["timeout"], r["pred"]) for r in out] == [(-1.0, True, vp.TIMEOUT_PRED)] * 6
         assert (pool.timeouts, pool.budget_skipped) == (1, 5)
         ok = rf.verify_batch(["Answer: 0.5"], ["1/2"], mode="math_verify", timeout=10.0, pool=pool, batch_timeout=2.0)
         assert ok[0]["score"] == 1.0
