@@ -17,9 +17,11 @@ import json
 import logging
 import os
 import re
+import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlparse
 
 __all__ = [
     "BUNDLED_DATASETS",
@@ -378,25 +380,47 @@ def _load_bundled(name: str):
     return RowsSource(rows, name, f"bundled dataset {name!r}", indices)
 
 
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to the Hub endpoint opens within ``timeout`` seconds.
+
+    Without network, huggingface_hub retries its first request five times with growing pauses
+    before datasets reports the failure (half a minute, more when packets are dropped); this
+    check lets the loader say so at once. Behind a proxy the direct connection proves nothing,
+    so it answers True and datasets' own error handling applies."""
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or (80 if url.scheme == "http" else 443)), timeout).close()
+    except OSError:
+        return False
+    return True
+
+
 def _load_hub(name: str, split: str):
     hub_id, _, config = name.partition(":")
     config = config or _DEFAULT_HUB_CONFIGS.get(hub_id)
     import datasets
     import httpx
 
+    def unavailable(why: str) -> DatasetError:
+        return DatasetError(f"cannot load {hub_id!r} from the Hugging Face Hub: {why}. " + alternatives_hint())
+
+    no_network = ("no network connection to the Hub (set HF_HUB_OFFLINE=1 to use a copy in the local "
+                  "Hugging Face cache)")
+    if not datasets.config.HF_HUB_OFFLINE and not _hub_reachable():
+        raise unavailable(no_network)
     try:
         loaded = datasets.load_dataset(hub_id, config, split=split)
     except (ConnectionError, httpx.TransportError) as exc:
         # datasets looks in its cache first and raises ConnectionError when the dataset is not there
         # and the Hub cannot be asked: offline mode (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE) or no network.
         if datasets.config.HF_HUB_OFFLINE:
-            why = "offline mode (HF_HUB_OFFLINE or HF_DATASETS_OFFLINE is set) and no copy in the local " \
-                  "Hugging Face cache"
-        else:
-            why = (f"no network connection to the Hub ({type(exc).__name__}: {exc}); set HF_HUB_OFFLINE=1 "
-                   "to use a copy in the local Hugging Face cache")
-        raise DatasetError(f"cannot load {hub_id!r} from the Hugging Face Hub: {why}. "
-                           + alternatives_hint()) from exc
+            raise unavailable("offline mode (HF_HUB_OFFLINE or HF_DATASETS_OFFLINE is set) and no copy in the "
+                              "local Hugging Face cache") from exc
+        raise unavailable(f"{no_network}: {type(exc).__name__}: {exc}") from exc
     except Exception as exc:
         text = f"{type(exc).__name__}: {exc}"
         hint = ""

@@ -24,6 +24,7 @@ import pytest  # noqa: E402
 
 import arithmetic_data  # noqa: E402
 import data_columns  # noqa: E402
+import data_sources  # noqa: E402
 import dataset_utils as du  # noqa: E402
 from dataset_utils import DAPO_PROMPT_TEMPLATE, DatasetError, load_dapo_dataset  # noqa: E402
 
@@ -488,18 +489,22 @@ def test_hub_id_offline_fails_fast(monkeypatch, tmp_path):
 
 
 def test_hub_id_without_network_fails_fast(tmp_path):
-    # Online mode, an empty cache and a Hub endpoint that refuses connections; in a fresh process
-    # because huggingface_hub and datasets read these variables when they are imported.
+    # Online mode, an empty cache and a Hub endpoint that refuses connections, with the real libraries
+    # (huggingface_hub alone retries for half a minute); in a fresh process because huggingface_hub and
+    # datasets read these variables when they are imported.
     env = {k: v for k, v in os.environ.items()
            if k not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")}
     env.update(HF_ENDPOINT="http://127.0.0.1:9", HF_HOME=str(tmp_path))
-    code = ("import dataset_utils\n"
+    code = ("import time, datasets, dataset_utils\n"
+            "start = time.monotonic()\n"
             "try:\n    dataset_utils.load_dapo_dataset('open-r1/DAPO-Math-17k-Processed')\n"
-            "except dataset_utils.DatasetError as exc:\n    print(exc)\n")
+            "except dataset_utils.DatasetError as exc:\n    print(exc)\n"
+            "print(f'elapsed={time.monotonic() - start:.1f}')\n")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=120)
     assert "no network" in proc.stdout, proc.stdout + proc.stderr
     _assert_names_alternatives(proc.stdout)
+    assert float(re.search(r"elapsed=([\d.]+)", proc.stdout).group(1)) < 5
 
 
 def test_hub_dapo_math_dedup_with_mocked_hub(monkeypatch, caplog):
@@ -514,6 +519,7 @@ def test_hub_dapo_math_dedup_with_mocked_hub(monkeypatch, caplog):
 
     for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
         monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(data_sources, "_hub_reachable", lambda timeout=3.0: True)
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
     with caplog.at_level(logging.INFO, logger="dapo.data"):
         ds = load_dapo_dataset(du.DAPO_MATH_HUB_ID)
