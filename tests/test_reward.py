@@ -1,4 +1,4 @@
-"""Tests of reward_function.py / math_normalize.py (issue #4).
+"""Tests of reward_function.py / math_normalize.py.
 
 Every expected value in the tables below was worked out by hand from the rules of verl's
 math_dapo verifier (Minerva normalisation), not by running the code; the comment next to
