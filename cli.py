@@ -130,7 +130,11 @@ def env_to_argv(environ: dict[str, str]) -> list[str]:
                 continue
             flag = mapping[var]
             argv += [f"--{flag}", *(value.replace(",", " ").split() if "list" in str(fields[flag].type) else [value])]
-        elif var not in known and var.isupper() and not var.startswith(("VLLM_", "NCCL_", "TORCH", "CUDA", "HF_", "WANDB_", "SLURM")):
+        elif (
+            var not in known
+            and var.isupper()
+            and not var.startswith(("VLLM_", "NCCL_", "TORCH", "CUDA", "HF_", "WANDB_", "SLURM"))
+        ):
             close = difflib.get_close_matches(var, known, n=1, cutoff=0.88)
             if close:
                 problems.append(f"environment variable {var} is not a setting of run_dapo.sh; did you mean "

@@ -318,7 +318,7 @@ def _parse_json(text: str, path: str, split: str) -> list[dict]:
             lists = {k: v for k, v in data.items() if isinstance(v, list)}
             if lists and len(lists) == len(data) and len({len(v) for v in lists.values()}) == 1:
                 keys = list(lists)
-                data = [dict(zip(keys, values)) for values in zip(*lists.values())]
+                data = [dict(zip(keys, values, strict=True)) for values in zip(*lists.values(), strict=True)]
     if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
         raise DatasetError(
             f"{path}: unsupported JSON layout; expected a list of objects (rows), an object "

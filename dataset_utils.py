@@ -263,7 +263,7 @@ def _build_records(source, problem_col: str, answer_col: str, template: str, sys
     answers = source.values(answer_col)
     sources = source.values("data_source") if "data_source" in source.columns() else [None] * len(problems)
     records, bad, seen = [], [], set()
-    for raw_problem, raw_answer, data_source, index in zip(problems, answers, sources, source.indices):
+    for raw_problem, raw_answer, data_source, index in zip(problems, answers, sources, source.indices, strict=True):
         row_id = f"{source.label}:{index}"
         text, source_system, reason = problem_text(raw_problem)
         if reason is None and not (extract_problem(text).strip() if template != "none" else text.strip()):
@@ -310,7 +310,7 @@ def _fitting_prompts(records, order: list[int], tokenizer, max_prompt_length: in
         part = order[start : start + _LENGTH_CHUNK]
         texts = [render_prompt(tokenizer, records[i]["prompt"]) for i in part]
         lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
-        for i, length in zip(part, lengths):
+        for i, length in zip(part, lengths, strict=True):
             checked += 1
             longest = max(longest, length)
             if length <= max_prompt_length:

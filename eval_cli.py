@@ -154,8 +154,9 @@ def _torch_dtype(name: str | None, device: str):
 
 def load_model_and_tokenizer(info: dict, *, dtype=None, device: str = "cpu", trust_remote_code: bool = False):
     """Load what ``check_model`` accepted: a model dir / hub id / embedded model, or base + PEFT adapter."""
-    import model_utils
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import model_utils
 
     base = info["base"] if info["adapter"] else info["path"]
     base_path = model_utils.resolve_model_path(base)

@@ -47,7 +47,9 @@ METRIC_ALIASES = {
 
 SAMPLES_FILE = "samples.jsonl"
 SAMPLES_TAG = "train/samples"  # TensorBoard text panel and W&B table: the same name in both
-SAMPLE_FIELDS = ("step", "index", "problem", "prompt", "completion", "answer", "pred", "score", "reward", "advantage", "rewards")
+SAMPLE_FIELDS = (
+    "step", "index", "problem", "prompt", "completion", "answer", "pred", "score", "reward", "advantage", "rewards"
+)
 
 
 def add_metric_aliases(metrics: dict[str, list[float]]) -> None:
@@ -62,13 +64,13 @@ class RunMonitor:
     """What DAPOTrainer adds to each log (``on_log``): the metric aliases, the derived metrics and, now and
     then, a sample of completions.
 
-    The derived metrics are the step-time split and the throughput. A rollout (generation + scoring) happens on the first optimizer step of every cycle of
-    ``steps_per_rollout`` steps (num_mini_batches x num_iterations); the other steps of the cycle only
-    update. Per-window figures would therefore jump between "almost all generation" and "no generation",
-    so the fractions and the throughput are computed over a trailing window of the last
-    ``steps_per_rollout`` optimizer steps (one rollout cycle). All times are TRL's ``step_time`` (wall
-    time of the forward/backward micro-steps of an optimizer step, which includes the rollout done
-    inside them) and DAPOTrainer's ``timing/generation_s`` / ``timing/scoring_s``.
+    The derived metrics are the step-time split and the throughput. A rollout (generation + scoring) happens on the
+    first optimizer step of every cycle of ``steps_per_rollout`` steps (num_mini_batches x num_iterations); the other
+    steps of the cycle only update. Per-window figures would therefore jump between "almost all generation" and "no
+    generation", so the fractions and the throughput are computed over a trailing window of the last
+    ``steps_per_rollout`` optimizer steps (one rollout cycle). All times are TRL's ``step_time`` (wall time of the
+    forward/backward micro-steps of an optimizer step, which includes the rollout done inside them) and DAPOTrainer's
+    ``timing/generation_s`` / ``timing/scoring_s``.
     """
 
     def __init__(self, steps_per_rollout: int = 1, initial_tokens: int | None = 0):
@@ -477,7 +479,8 @@ def _bar_shown_on(stream) -> bool:
     """Whether a live tqdm bar writes to the same file or pipe as ``stream`` (e.g. stdout and stderr with 2>&1)."""
     from tqdm.auto import tqdm
 
-    return any(hasattr(bar, "start_t") and _same_output(bar.fp, stream) for bar in list(getattr(tqdm, "_instances", [])))
+    bars = list(getattr(tqdm, "_instances", []))
+    return any(hasattr(bar, "start_t") and _same_output(bar.fp, stream) for bar in bars)
 
 
 def _same_output(a, b) -> bool:

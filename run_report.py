@@ -165,7 +165,7 @@ def render_dashboard(path: str, out: str | None = None) -> str:
     )
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     for ax, (title, ylabel, series, opts) in zip(axes, panels, strict=False):
-        for k, (label, tag, points) in enumerate(series):
+        for k, (label, _tag, points) in enumerate(series):
             color = f"C{k}"
             steps = [p[0] for p in points]
             values = [p[1] for p in points]
@@ -236,7 +236,6 @@ def summarize(path: str) -> str:
     if not scalars:
         raise FileNotFoundError(f"No TensorBoard scalars found under {path} (looked for events.out.tfevents*).")
     last_step = max(p[0] for points in scalars.values() for p in points)
-    first_step = min(p[0] for points in scalars.values() for p in points)
     wall = sum(r["wall_s"] for r in runs)
     lines = [f"# DAPO run summary: {os.path.abspath(path)}", ""]
     lines.append(f"- optimizer steps logged: {last_step}")

@@ -82,7 +82,9 @@ def check_launch(training_args) -> TrainerCallback:
                 "(`USE_CPU=1 ACCELERATE_CONFIG=... ./run_dapo.sh` sets these).")
     if want and want["kind"] == "fsdp" and not torch.cuda.is_available():
         if want["version"] != 2:
-            raise ShardingError("FSDP on CPU processes is supported with FSDP2 only (fsdp_version: 2, configs/fsdp2.yaml).")
+            raise ShardingError(
+                "FSDP on CPU processes is supported with FSDP2 only (fsdp_version: 2, configs/fsdp2.yaml)."
+            )
         if not cpu:
             raise ShardingError(
                 "An FSDP config was launched on a machine without CUDA but without --use_cpu true: every process "

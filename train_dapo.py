@@ -68,7 +68,8 @@ class DAPOConfig(GRPOConfig):
     )
     beta: float = field(default=0.0, metadata={"help": "KL coefficient; DAPO uses no KL term (0.0)."})
     loss_type: str = field(
-        default="dapo", metadata={"help": "dapo = token-level loss (reference); grpo = per-sequence mean; bnpo; dr_grpo."}
+        default="dapo",
+        metadata={"help": "dapo = token-level loss (reference); grpo = per-sequence mean; bnpo; dr_grpo."},
     )
     num_generations: int = field(default=16, metadata={"help": "Responses sampled per prompt (reference: 16)."})
     temperature: float = field(default=1.0, metadata={"help": "Rollout sampling temperature (reference: 1.0)."})
@@ -139,7 +140,10 @@ class DAPOConfig(GRPOConfig):
     )
     reward_mode: str = field(
         default="dapo",
-        metadata={"help": "Verifier: dapo (Answer: line, reference), strict_box, boxed, math_verify (symbolic), last_number (lenient, for tiny models)."},
+        metadata={
+            "help": "Verifier: dapo (Answer: line, reference), strict_box, boxed, math_verify (symbolic), "
+            "last_number (lenient, for tiny models)."
+        },
     )
     reward_timeout: float = field(default=5.0, metadata={"help": "Per-completion time limit of math_verify (s)."})
     reward_batch_timeout: float = field(
@@ -173,7 +177,9 @@ class DAPOConfig(GRPOConfig):
     )
     log_samples_every: int = field(
         default=10,
-        metadata={"help": "Log sampled completions (TensorBoard text, W&B table, samples.jsonl) every N steps (0 = off)."},
+        metadata={
+            "help": "Log sampled completions (TensorBoard text, W&B table, samples.jsonl) every N steps (0 = off)."
+        },
     )
     num_samples_to_log: int = field(default=8, metadata={"help": "Completions per sample log."})
     max_nonfinite_updates: int = field(
@@ -701,7 +707,8 @@ class DAPOScriptArguments(ScriptArguments, PromptSettings, EvalSettings):
         default=None, metadata={"help": "Held-out set evaluated during training (bundled name, file or Hub id)."}
     )
     eval_every_steps: int = field(
-        default=0, metadata={"help": "Evaluate every N optimizer steps; always before the first and after the last step."}
+        default=0,
+        metadata={"help": "Evaluate every N optimizer steps; always before the first and after the last step."},
     )
     dry_run: bool = field(
         default=False,

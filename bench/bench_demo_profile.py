@@ -130,7 +130,8 @@ def to_markdown(res: dict) -> str:
         f"{g['implied_gbs']:.2f} GB/s weights read | {g['implied_gbs'] / lim['copy_gbs']:.2f} of copy |",
         f"| old-log-prob pass (no grad) | {lp['seconds']:.2f} | {lp['tokens_per_s']:.0f} | "
         f"{lp['gflops']:.1f} GFLOP/s | {lp['gflops'] / lim['matmul_gflops']:.2f} of matmul |",
-        f"| update (forward + backward) | {up['seconds']:.2f} | {up['tokens_per_s']:.0f} ({up['completion_tokens_per_s']:.0f} "
+        f"| update (forward + backward) | {up['seconds']:.2f} | {up['tokens_per_s']:.0f} "
+        f"({up['completion_tokens_per_s']:.0f} "
         f"completion) | {up['gflops']:.1f} GFLOP/s | {up['gflops'] / lim['matmul_gflops']:.2f} of matmul |",
     ])
 

@@ -132,7 +132,8 @@ def run(quick: bool = False, demo_steps: int = DEMO_STEPS) -> dict:
 def to_markdown(res: dict) -> str:
     lines = [
         "| run | command | optimizer steps | s / step (mean; first step) | wall (incl. start-up) | peak RSS | "
-        "generation tok/s | update tok/s: completion (prompt + completion) | completions generated / trained | mean length |",
+        "generation tok/s | update tok/s: completion (prompt + completion) | "
+        "completions generated / trained | mean length |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for c in res["cases"]:
@@ -140,9 +141,11 @@ def to_markdown(res: dict) -> str:
         if c["name"] == "cpu demo":
             cmd = "CONFIG=recipes/cpu_demo.yaml " + cmd
         lines.append(
-            f"| {c['name']} | `{cmd}` | {c['optimizer_steps']} | {fmt(c['s_per_step'], 1)} ({fmt(c['first_step_s'], 1)}) | "
+            f"| {c['name']} | `{cmd}` | {c['optimizer_steps']} | "
+            f"{fmt(c['s_per_step'], 1)} ({fmt(c['first_step_s'], 1)}) | "
             f"{c['wall_s']:.0f} s | {c['peak_rss_gib']:.2f} GiB | {fmt(c['gen_tokens_per_s'], 0)} | "
-            f"{fmt(c['update_tokens_per_s'], 0)} ({fmt(c['update_seq_tokens_per_s'], 0)}) | {c['completions_generated']} / {c['completions_trained']} | "
+            f"{fmt(c['update_tokens_per_s'], 0)} ({fmt(c['update_seq_tokens_per_s'], 0)}) | "
+            f"{c['completions_generated']} / {c['completions_trained']} | "
             f"{fmt(c['mean_completion_length'], 1)} |"
         )
     lines += ["", f"Model preparation before the runs (convert-and-cache on first use, else a cache check): "
@@ -153,7 +156,9 @@ def to_markdown(res: dict) -> str:
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="the quick test only")
-    ap.add_argument("--demo-steps", type=int, default=DEMO_STEPS, help="optimizer steps of the demo (the recipe has 10)")
+    ap.add_argument(
+        "--demo-steps", type=int, default=DEMO_STEPS, help="optimizer steps of the demo (the recipe has 10)"
+    )
     opts = ap.parse_args(argv)
     res = run(quick=opts.quick, demo_steps=opts.demo_steps)
     print(to_markdown(res))

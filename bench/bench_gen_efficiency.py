@@ -87,7 +87,8 @@ def _one_run(k: int, multiplier: int, carry: bool, rollouts: int, seed: int = 0)
             "k": k, "fraction": k / MODULUS, "multiplier": multiplier, "carry_over": carry,
             "rollouts": len(gen_batches), "groups_generated": generated, "groups_trained": trained,
             "groups_reused": reused, "groups_kept": kept,
-            "completions_scored": reward.completions, "counters_match_reward_calls": reward.completions == generated * GROUP,
+            "completions_scored": reward.completions,
+            "counters_match_reward_calls": reward.completions == generated * GROUP,
             "generated_per_trained": generated / trained if trained else None,
             "kept_fraction": kept / generated if generated else None,
             "mean_gen_batches": sum(gen_batches) / len(gen_batches) if gen_batches else None,
@@ -125,12 +126,16 @@ def to_markdown(res: dict) -> str:
         kept = [cells[s]["kept_fraction"] for s in SETTINGS if s in cells]
         lines.append(f"| {f:.1f} | {1 / f:.2f} | " + " | ".join(vals) + f" | {sum(kept) / len(kept):.2f} |")
     ok = all(r["counters_match_reward_calls"] for r in res["rows"])
-    reused = {(r["multiplier"], r["k"]): r["groups_reused"] / r["groups_trained"] for r in res["rows"] if r["carry_over"]}
+    reused = {
+        (r["multiplier"], r["k"]): r["groups_reused"] / r["groups_trained"] for r in res["rows"] if r["carry_over"]
+    }
     lines += [
         "",
         f"Logged counters agree with the completions the reward function scored: {'yes' if ok else 'NO'}. "
         "Share of trained groups that were carried over (x1 / x3) at f = "
-        + ", ".join(f"{k / MODULUS:.1f}: {reused.get((1, k), 0):.2f} / {reused.get((3, k), 0):.2f}" for k in sorted(by_k))
+        + ", ".join(
+            f"{k / MODULUS:.1f}: {reused.get((1, k), 0):.2f} / {reused.get((3, k), 0):.2f}" for k in sorted(by_k)
+        )
         + ".",
     ]
     return "\n".join(lines)

@@ -13,7 +13,8 @@ seeds.
 Variants: vanilla GRPO (epsilon = epsilon_high = 0.2, sequence-level loss_type "grpo", no filtering,
 no overlong shaping), GRPO plus each DAPO component alone (clip-higher 0.28, token-level loss "dapo",
 overlong shaping with the real reward_function.make_overlong_reward, dynamic sampling), full DAPO
-(all four), and DAPO without overlong shaping (the length penalty is beside the point of this task). Everything else is equal: lr 3e-3, no weight decay, 16 completions per update, 8 per
+(all four), and DAPO without overlong shaping (the length penalty is beside the point of this task).
+Everything else is equal: lr 3e-3, no weight decay, 16 completions per update, 8 per
 prompt, 2 updates per rollout (so clipping can act), max_completion_length 4 with an overlong buffer
 of 2 (when shaping is on), dual clip delta 10 (the DAPOConfig default) in every variant.
 """
@@ -41,7 +42,9 @@ VARIANTS = {
     "+ token-level loss": dict(loss_type="dapo"),
     "+ overlong shaping": dict(apply_overlong_penalty=True),
     "+ dynamic sampling": dict(filter_groups_enable=True),
-    "DAPO (all four)": dict(epsilon_high=0.28, loss_type="dapo", apply_overlong_penalty=True, filter_groups_enable=True),
+    "DAPO (all four)": dict(
+        epsilon_high=0.28, loss_type="dapo", apply_overlong_penalty=True, filter_groups_enable=True
+    ),
     "DAPO without overlong shaping": dict(epsilon_high=0.28, loss_type="dapo", filter_groups_enable=True),
 }
 
@@ -169,7 +172,8 @@ def to_markdown(res: dict) -> str:
     for name, s in res["summary"].items():
         lines.append(
             f"| {name} | {_cell(s['steps'])} | {_cell(s['completions'])} | {s['steps']['reached']}/{s['steps']['n']} | "
-            f"{s['accuracy_before']:.2f} -> {s['accuracy_final']:.2f} | {s['length_first']:.1f} -> {s['length_last']:.1f} | "
+            f"{s['accuracy_before']:.2f} -> {s['accuracy_final']:.2f} | "
+            f"{s['length_first']:.1f} -> {s['length_last']:.1f} | "
             f"{s['seconds']:.0f} |"
         )
     return "\n".join(lines)

@@ -133,9 +133,14 @@ def run(quick: bool = False) -> dict:
         for kind in order:
             runs[kind].append(_one_run(kind, steps, seed=r))
     ratios = [d["s_per_step"] / g["s_per_step"] for d, g in zip(runs["dapo"], runs["grpo"], strict=True)]
-    robust = [d["s_per_step_median_rollout"] / g["s_per_step_median_rollout"] for d, g in zip(runs["dapo"], runs["grpo"], strict=True)]
+    robust = [
+        d["s_per_step_median_rollout"] / g["s_per_step_median_rollout"]
+        for d, g in zip(runs["dapo"], runs["grpo"], strict=True)
+    ]
     same_work = all(d["rewards"] == g["rewards"] for d, g in zip(runs["dapo"], runs["grpo"], strict=True))
-    ds_ratios = [d["s_per_trained_group"] / g["s_per_trained_group"] for d, g in zip(runs["dapo_ds"], runs["grpo"], strict=True)]
+    ds_ratios = [
+        d["s_per_trained_group"] / g["s_per_trained_group"] for d, g in zip(runs["dapo_ds"], runs["grpo"], strict=True)
+    ]
     return {
         "quick": quick,
         "repeats": repeats,
@@ -169,7 +174,8 @@ def to_markdown(res: dict) -> str:
         f"{res['settings']['max_completion_length']} tokens max, 2 updates per rollout. "
         f"Config differences (GRPOConfig fields): {'; '.join(res['config_differences']) or 'none'}.",
         "",
-        "| arm | s / optimizer step (median, min-max) | s / trained group (median) | ratio to GRPO (min / median / max) |",
+        "| arm | s / optimizer step (median, min-max) | s / trained group (median) | "
+        "ratio to GRPO (min / median / max) |",
         "|---|---:|---:|---:|",
         f"| TRL GRPOTrainer | {fmt(s['grpo']['median'], 3)} ({fmt(s['grpo']['min'], 3)}-{fmt(s['grpo']['max'], 3)}) "
         f"| {fmt(g['grpo']['median'], 3)} | 1 |",
@@ -185,7 +191,8 @@ def to_markdown(res: dict) -> str:
     d = res["ds_group_ratio_over_grpo"]
     lines.append(
         f"| DAPOTrainer, dynamic sampling on | {fmt(s['dapo_ds']['median'], 3)} ({fmt(s['dapo_ds']['min'], 3)}-"
-        f"{fmt(s['dapo_ds']['max'], 3)}) | {fmt(g['dapo_ds']['median'], 3)} | {fmt(d['min'], 2)} / {fmt(d['median'], 2)} / "
+        f"{fmt(s['dapo_ds']['max'], 3)}) | {fmt(g['dapo_ds']['median'], 3)} | "
+        f"{fmt(d['min'], 2)} / {fmt(d['median'], 2)} / "
         f"{fmt(d['max'], 2)} per trained group ({fmt(res['ds_generated_per_trained']['median'], 2)} groups generated "
         "per group trained) |"
     )

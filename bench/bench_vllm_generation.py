@@ -11,7 +11,8 @@ sequence exactly --tokens new tokens long (HF: min_new_tokens; vLLM: ignore_eos)
     the sampled token's logprob returned), with the CPU weight-sync change of vllm_cpu.py applied (the
     configuration training runs), eager (`enforce_eager=True`) unless --compile.
 --packed: vLLM alone, with its own packed CPU kernels (no vllm_cpu.py change: weights cannot be synced
-into it), to show what that change costs. One untimed warm-up call per engine, then --repeats timed calls; tokens/s = new tokens / wall time.
+into it), to show what that change costs. One untimed warm-up call per engine, then --repeats timed calls;
+tokens/s = new tokens / wall time.
 Engine start-up (load + KV-cache allocation, + compilation with --compile) is reported separately.
 Both engines use every core this process may run on (torch threads = vLLM's OMP threads). The machine
 is shared: the load average is printed with the table. --write puts the table into BENCHMARKS.md between
@@ -135,7 +136,8 @@ def to_markdown(res: dict) -> str:
         "| engine | start-up s | tokens/s (median) | tokens/s (min-max) | vs HF fp32 |",
         "|---|---|---|---|---|",
     ]
-    base = common.spread(res["arms"][0]["tokens_per_s"])["median"] if res["arms"][0]["engine"].startswith("HF") else None
+    first = res["arms"][0]
+    base = common.spread(first["tokens_per_s"])["median"] if first["engine"].startswith("HF") else None
     for arm in res["arms"]:
         s = common.spread(arm["tokens_per_s"])
         ratio = f"{fmt(s['median'] / base, 1)}x" if base else "n/a"

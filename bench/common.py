@@ -83,8 +83,10 @@ def machine_info() -> dict:
 def machine_line(info: dict) -> str:
     load = f", load {info['loadavg_1min']} at start" if "loadavg_1min" in info else ""
     return (
-        f"{info.get('cpu', '?')}; nproc {info.get('nproc')}, {info.get('ram_gib', '?')} GiB RAM{load}; torch {info.get('torch')}, trl {info.get('trl')}, "
-        f"transformers {info.get('transformers')}, Python {info.get('python')}; {info.get('torch_threads')} torch thread"
+        f"{info.get('cpu', '?')}; nproc {info.get('nproc')}, {info.get('ram_gib', '?')} GiB RAM{load}; "
+        f"torch {info.get('torch')}, trl {info.get('trl')}, "
+        f"transformers {info.get('transformers')}, Python {info.get('python')}; "
+        f"{info.get('torch_threads')} torch thread"
     )
 
 
@@ -145,7 +147,10 @@ class StepClock(TrainerCallback):
 
     def median_rollout_seconds(self, steps_per_rollout: int, skip: int) -> float:
         """Median wall time of one rollout cycle (robust to a busy neighbour on a shared machine)."""
-        ends = self.times[skip - 1 :: steps_per_rollout] if skip > 0 else [self.start, *self.times[steps_per_rollout - 1 :: steps_per_rollout]]
+        if skip > 0:
+            ends = self.times[skip - 1 :: steps_per_rollout]
+        else:
+            ends = [self.start, *self.times[steps_per_rollout - 1 :: steps_per_rollout]]
         return statistics.median(b - a for a, b in zip(ends, ends[1:], strict=False))
 
 

@@ -7,8 +7,8 @@
 The tables go into BENCHMARKS.md between ``<!-- bench:start -->`` and ``<!-- bench:end -->`` (full)
 or ``<!-- bench-quick:start -->`` / ``<!-- bench-quick:end -->`` (quick), one marked subsection per
 benchmark, so ``--only`` rewrites just its own; the text outside the markers is left as it is. Raw
-results go to bench/results/{full,quick}.json (git-ignored). Everything runs in this one process (the embedded-model runs as child
-processes), one benchmark at a time, on one thread.
+results go to bench/results/{full,quick}.json (git-ignored). Everything runs in this one process (the
+embedded-model runs as child processes), one benchmark at a time, on one thread.
 """
 
 from __future__ import annotations
@@ -175,8 +175,8 @@ def main(argv=None) -> int:
         if only and name not in only:
             continue
         print(f"## {title}", flush=True)
-        entry = {"date": common.now(), "command": command(args.quick, [name]), "machine": {**machine, "loadavg_1min": _load()},
-                 "load_before": _load()}
+        entry = {"date": common.now(), "command": command(args.quick, [name]),
+                 "machine": {**machine, "loadavg_1min": _load()}, "load_before": _load()}
         t = time.perf_counter()
         module = importlib.import_module(module_name)
         try:

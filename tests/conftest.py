@@ -6,7 +6,9 @@ from tests import distributed
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: minutes-long multi-process runs (DeepSpeed / FSDP2); `-m 'not slow'` skips them")
+    config.addinivalue_line(
+        "markers", "slow: minutes-long multi-process runs (DeepSpeed / FSDP2); `-m 'not slow'` skips them"
+    )
 
 
 @pytest.fixture(scope="session")

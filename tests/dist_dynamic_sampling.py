@@ -62,7 +62,9 @@ def layout(trainer) -> dict:
         info["zero_optimizer"] = type(zero_opt).__name__
         info["inner_optimizer"] = type(zero_opt.optimizer).__name__
         # fp32 master weights this process updates: its partition only.
-        groups = getattr(zero_opt, "single_partition_of_fp32_groups", None) or getattr(zero_opt, "fp32_partitioned_groups_flat", [])
+        groups = getattr(zero_opt, "single_partition_of_fp32_groups", None) or getattr(
+            zero_opt, "fp32_partitioned_groups_flat", []
+        )
         info["local_master_numel"] = sum(int(g.numel()) for g in groups)
         if info["zero_stage"] == 3:
             info["local_param_numel"] = sum(int(p.ds_tensor.numel()) for p in params)
@@ -100,7 +102,9 @@ def main(out_dir: str, scenario: str, mode: str = "ddp", resume_from: str | None
 
     def recording():
         batch = original()
-        prompts = [tok.decode(ids[mask.bool()]) for ids, mask in zip(batch["prompt_ids"], batch["prompt_mask"], strict=True)]
+        prompts = [
+            tok.decode(ids[mask.bool()]) for ids, mask in zip(batch["prompt_ids"], batch["prompt_mask"], strict=True)
+        ]
         rollouts.append({"step": trainer.state.global_step, "prompts": prompts,
                          "local_tokens": int(batch["completion_mask"].sum()),
                          "num_items_in_batch": int(batch["num_items_in_batch"])})
@@ -113,7 +117,9 @@ def main(out_dir: str, scenario: str, mode: str = "ddp", resume_from: str | None
     keys = ["dynamic_sampling/groups_trained", "dynamic_sampling/groups_kept", "dynamic_sampling/num_gen_batches",
             "dynamic_sampling/zero_spread_frac_trained", "dynamic_sampling/groups_carried_over",
             "dynamic_sampling/groups_reused", "dynamic_sampling/partial_batch", "dynamic_sampling/prompts_consumed"]
-    history = [{"step": h["step"], **{k: h[k] for k in keys if k in h}} for h in trainer.state.log_history if keys[0] in h]
+    history = [
+        {"step": h["step"], **{k: h[k] for k in keys if k in h}} for h in trainer.state.log_history if keys[0] in h
+    ]
     losses = {h["step"]: h["loss"] for h in trainer.state.log_history if "loss" in h}
 
     # Every process takes part: saving and forward passes gather sharded weights collectively.

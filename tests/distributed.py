@@ -29,7 +29,9 @@ def cpu_env(**extra: str) -> dict:
     """Environment for CPU training processes. DeepSpeed JIT-compiles its CPU ops on first use (minutes); they
     are cached in the work tree's .cache/ (git-ignored) so a test session compiles them once."""
     return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "DS_ACCELERATOR": "cpu",
-            "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", os.path.join(ROOT, ".cache", "torch_extensions")),
+            "TORCH_EXTENSIONS_DIR": os.environ.get(
+                "TORCH_EXTENSIONS_DIR", os.path.join(ROOT, ".cache", "torch_extensions")
+            ),
             **extra}
 
 

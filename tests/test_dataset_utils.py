@@ -108,7 +108,7 @@ def test_arithmetic_easy_holds_every_one_digit_fact_once():
     problems = [re.search(r"What is (\d) ([+-]) (\d)\?", r["prompt"][-1]["content"]) for r in [*train, *test]]
     facts = {(m.group(1), m.group(2), m.group(3)) for m in problems}
     assert len(facts) == len(problems) == 126
-    for m, row in zip(problems, [*train, *test]):
+    for m, row in zip(problems, [*train, *test], strict=True):
         a, op, b = int(m.group(1)), m.group(2), int(m.group(3))
         assert row["answer"] == str(a + b if op == "+" else a - b)
 
@@ -158,7 +158,7 @@ def test_dapo_template_strips_boxed_instruction(name):
 def test_boxed_and_none_templates():
     boxed = load_dapo_dataset("aime24", template="boxed")
     none = load_dapo_dataset("aime24", template="none")
-    for b, n in zip(boxed, none):
+    for b, n in zip(boxed, none, strict=True):
         assert user_text(b).endswith("\n" + BOXED)
         assert user_text(b).count("\\boxed{}") == 1
         assert user_text(n) == user_text(b)  # the original text already had the instruction

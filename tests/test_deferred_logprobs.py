@@ -127,4 +127,6 @@ def test_carried_groups_keep_the_log_probs_of_the_step_that_generated_them(tmp_p
     rows.clear()
     batch = trainer._generate_and_score_completions(None)
     assert trainer._metrics["train"]["dynamic_sampling/groups_reused"][-1] == 4 and sum(rows) == 0
-    assert torch.equal(batch["old_per_token_logps"], carry["old_per_token_logps"][:16, : batch["completion_ids"].size(1)])
+    assert torch.equal(
+        batch["old_per_token_logps"], carry["old_per_token_logps"][:16, : batch["completion_ids"].size(1)]
+    )

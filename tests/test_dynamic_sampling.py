@@ -101,7 +101,9 @@ def test_filtering_trains_on_full_fully_informative_batches_with_resampling(tmp_
     assert max(_steps(trainer, "dynamic_sampling/num_gen_batches")) > 1
     kept = _steps(trainer, "dynamic_sampling/groups_kept")
     generated = _steps(trainer, "dynamic_sampling/groups_generated")
-    assert all(k >= need for k in kept) and all(g == need * n for g, n in zip(generated, _steps(trainer, "dynamic_sampling/num_gen_batches"), strict=True))
+    assert all(k >= need for k in kept) and all(
+        g == need * n for g, n in zip(generated, _steps(trainer, "dynamic_sampling/num_gen_batches"), strict=True)
+    )
 
 
 def test_the_returned_batch_is_the_trained_one(tmp_path):
@@ -130,8 +132,8 @@ def test_generation_batch_limit_errors_by_default_and_continue_trains_smaller(tm
     assert "kept 0 of the 4 informative groups" in message and "after 2 generation batches" in message
     assert "0 of 8 generated groups (0.0%)" in message and "--filter_groups_on_limit continue" in message
 
-    trainer, _ = _trainer(tmp_path / "b", never_informative, max_filter_gen_batches=2, filter_groups_on_limit="continue",
-                          max_steps=2)
+    trainer, _ = _trainer(tmp_path / "b", never_informative, max_filter_gen_batches=2,
+                          filter_groups_on_limit="continue", max_steps=2)
     trainer.train()
     assert _steps(trainer, "dynamic_sampling/partial_batch") == [1.0]
     assert _steps(trainer, "dynamic_sampling/groups_trained") == [0]
@@ -185,7 +187,9 @@ def test_resume_continues_the_prompt_stream(tmp_path):
     trainer.train()
     assert part == full[: len(part)]
     resumed: list = []
-    trainer, _ = _trainer(tmp_path / "part", _recording_reward(resumed), max_steps=6, save_strategy="steps", save_steps=2)
+    trainer, _ = _trainer(
+        tmp_path / "part", _recording_reward(resumed), max_steps=6, save_strategy="steps", save_steps=2
+    )
     trainer.train(resume_from_checkpoint=str(tmp_path / "part" / "out" / "checkpoint-2"))
     assert part + resumed == full, "the resumed run draws exactly the prompts the uninterrupted run drew"
 

@@ -16,7 +16,7 @@ import yaml
 
 import cli
 import config_checks
-from train_dapo import DAPOConfig, DAPOScriptArguments, make_parser
+from train_dapo import DAPOConfig, make_parser
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHON": sys.executable}
@@ -157,7 +157,8 @@ BAD = [
     ("--log_samples_every", "-1"), ("--logging_steps", "0"), ("--max_steps", "0"), ("--num_train_epochs", "0"),
     ("--save_total_limit", "0"), ("--vllm_gpu_memory_utilization", "1.5"), ("--max_train_samples", "0"),
     ("--eval_num_samples", "0"), ("--eval_top_p", "0"), ("--eval_temperature", "-1"), ("--eval_batch_size", "0"),
-    ("--eval_every_steps", "-2"), ("--reward_batch_timeout", "-1"), ("--eval_max_new_tokens", "0"), ("--prompt_template", "chatml"),
+    ("--eval_every_steps", "-2"), ("--reward_batch_timeout", "-1"), ("--eval_max_new_tokens", "0"),
+    ("--prompt_template", "chatml"),
 ]
 
 

@@ -42,8 +42,9 @@ def _one_thread():
 
 @pytest.fixture(scope="module")
 def tok():
-    import model_utils
     from transformers import AutoTokenizer
+
+    import model_utils
 
     return AutoTokenizer.from_pretrained(model_utils.embedded_model_dir("smollm2-135m"))
 
@@ -337,7 +338,7 @@ def test_two_processes_shard_problems_and_agree_on_the_summary(tmp_path):
     procs = [subprocess.Popen([sys.executable, str(script)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True, env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}) for r in range(2)]
     outputs = [p.communicate(timeout=300) for p in procs]
-    for p, (_, err) in zip(procs, outputs):
+    for p, (_, err) in zip(procs, outputs, strict=True):
         assert p.returncode == 0, err[-4000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert ranks[0]["world"] == ranks[1]["world"] == 2
@@ -380,7 +381,7 @@ def test_callback_logs_eval_metrics_during_a_two_step_dapo_run(tok, tmp_path):
         assert e["eval_num_problems"] == 3
     # The regular training log of each step survives (the callback logs from on_step_end).
     assert [e["step"] for e in history if "loss" in e] == [1, 2]
-    for step, e in zip([0, 1, 2], evals):
+    for step, e in zip([0, 1, 2], evals, strict=True):
         lines = [json.loads(x) for x in (tmp_path / "eval" / f"step_{step}.jsonl").read_text().splitlines()]
         assert len(lines) == 6 and all(set(x) == RECORD_KEYS | {"step"} for x in lines)
         assert e["eval_avg@2"] == pytest.approx(sum(x["acc"] for x in lines) / 6)

@@ -184,16 +184,17 @@ def test_samples_markdown_escapes_code_fences():
 
 def test_console_line_marks_carried_rollout_values():
     logs = {"reward": -0.25, "acc": 0.375, "dynamic_sampling/groups_kept": 6.0,
-            "dynamic_sampling/groups_generated": 12.0, "dynamic_sampling/groups_trained": 4.0, "response_length/mean": 211.43, "entropy": 0.8123,
+            "dynamic_sampling/groups_generated": 12.0, "dynamic_sampling/groups_trained": 4.0,
+            "response_length/mean": 211.43, "entropy": 0.8123,
             "clip_ratio/low_mean": 0.0031, "clip_ratio/high_mean": 0.0008, "loss": 0.01}
     line = lu.format_console_line(3, 100, logs, {}, 41.2, 3990)
-    assert line == ("step 3/100 | reward -0.250 acc 0.375 | groups 6/12 informative, 4 trained | len 211.4 tok | entropy 0.812 | "
-                    "clip lo/hi 0.0031/0.0008 | 41.2 s/step | ETA 1:06:30")
+    assert line == ("step 3/100 | reward -0.250 acc 0.375 | groups 6/12 informative, 4 trained | len 211.4 tok | "
+                    "entropy 0.812 | clip lo/hi 0.0031/0.0008 | 41.2 s/step | ETA 1:06:30")
     carried = {k: logs[k] for k in lu.ROLLOUT_KEYS}
     update_only = {"entropy": 0.809, "clip_ratio/low_mean": 0.0042, "clip_ratio/high_mean": 0.0011, "loss": 0.02}
     line = lu.format_console_line(4, 100, update_only, carried, 6.3, 3852)
-    assert line == ("step 4/100 | reward -0.250* acc 0.375* | groups 6/12* informative, 4 trained | len 211.4* tok | entropy 0.809 | "
-                    "clip lo/hi 0.0042/0.0011 | 6.3 s/step | ETA 1:04:12")
+    assert line == ("step 4/100 | reward -0.250* acc 0.375* | groups 6/12* informative, 4 trained | len 211.4* tok | "
+                    "entropy 0.809 | clip lo/hi 0.0042/0.0011 | 6.3 s/step | ETA 1:04:12")
     # no dynamic sampling, nothing carried yet: no kept field, dashes
     line = lu.format_console_line(1, 0, {"loss": 0.0}, {}, None, None)
     assert line == "step 1 | reward - acc - | len - tok | entropy - | - s/step | ETA -"
@@ -396,7 +397,11 @@ def test_console_one_line_per_step_with_carried_values(run):
     assert [line.split(" |")[0] for line in lines] == ["step 1/4", "step 2/4", "step 3/4", "step 4/4"]
     assert "reward" in lines[0] and "*" not in lines[0].split("| entropy")[0]
     assert re.search(r"reward [-+]\d\.\d{3}\* acc \d\.\d{3}\*", lines[1])  # carried from step 1
-    assert re.search(r"groups \d+/\d+ informative, \d+ trained", lines[0]) and "s/step" in lines[3] and "ETA 0:00:00" in lines[3]
+    assert (
+        re.search(r"groups \d+/\d+ informative, \d+ trained", lines[0])
+        and "s/step" in lines[3]
+        and "ETA 0:00:00" in lines[3]
+    )
 
 
 def test_dashboard_and_summary(run, tmp_path):

@@ -173,13 +173,16 @@ def test_deepspeed_configs_leave_batch_sizes_to_the_trainer(name, monkeypatch, t
     pinned = tmp_path / "pinned.yaml"
     text = open(os.path.join(ROOT, "configs", f"{name}.yaml")).read()
     pinned.write_text(text.replace("deepspeed_config:\n", "deepspeed_config:\n  gradient_accumulation_steps: 1\n"))
-    assert _deepspeed_plugin_from_launcher(str(pinned), monkeypatch).deepspeed_config["gradient_accumulation_steps"] == 1
+    pinned_plugin = _deepspeed_plugin_from_launcher(str(pinned), monkeypatch)
+    assert pinned_plugin.deepspeed_config["gradient_accumulation_steps"] == 1
 
 
 def _launcher_command(env_overrides: dict, *extra: str) -> subprocess.CompletedProcess:
     """run_dapo.sh with PYTHON=echo: prints the launch command instead of running it."""
     env = clean_env(PYTHON="echo", **env_overrides)
-    return subprocess.run(["bash", "run_dapo.sh", *extra], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        ["bash", "run_dapo.sh", *extra], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
 
 
 def test_run_dapo_resolves_config_shortcuts_and_multi_node_variables():
@@ -486,10 +489,12 @@ def test_slurm_example_launches_one_rank_per_node_with_a_consistent_batch(tmp_pa
     for tool in ("srun", "scontrol"):
         (bin_dir / tool).chmod(0o755)
     # Stand-in interpreter: the real one for run_dapo.sh's cli.py (environment -> flags), echo for the launch.
-    (bin_dir / "python").write_text(f'#!/bin/bash\nif [ "$1" = cli.py ]; then exec {sys.executable} "$@"; fi\necho "$@"\n')
+    (bin_dir / "python").write_text(
+        f'#!/bin/bash\nif [ "$1" = cli.py ]; then exec {sys.executable} "$@"; fi\necho "$@"\n'
+    )
     (bin_dir / "python").chmod(0o755)
-    env = clean_env(PYTHON=str(bin_dir / "python"), SLURM_NNODES="2", SLURM_JOB_NODELIST="gpu-node-[07-08]", SLURM_JOB_ID="4242",
-                    SLURM_SUBMIT_DIR=ROOT)
+    env = clean_env(PYTHON=str(bin_dir / "python"), SLURM_NNODES="2", SLURM_JOB_NODELIST="gpu-node-[07-08]",
+                    SLURM_JOB_ID="4242", SLURM_SUBMIT_DIR=ROOT)
     env["PATH"] = f"{bin_dir}:{env['PATH']}"
     proc = subprocess.run(["bash", "examples/slurm_dapo.sbatch", "--save_steps", "80"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=60)

@@ -102,7 +102,8 @@ def test_sharded_run_is_sharded_and_equals_ddp(config, sharded_run, ddp_run):
     from tests.dist_dynamic_sampling import HIDDEN, INIT_STD
     from tests.tiny import tiny_llama, toy_tokenizer
 
-    initial = {k: v for k, v in tiny_llama(toy_tokenizer(), hidden=HIDDEN, init_std=INIT_STD).state_dict().items() if k in weights}
+    fresh = tiny_llama(toy_tokenizer(), hidden=HIDDEN, init_std=INIT_STD)
+    initial = {k: v for k, v in fresh.state_dict().items() if k in weights}
     assert max_weight_difference(weights, initial) > 100 * TOLERANCE
     check_saved_model_reproduces_logits(out)
 
@@ -163,7 +164,9 @@ def test_run_dapo_sh_trains_the_embedded_model_sharded_on_two_cpu_processes(tmp_
         # DeepSpeed's own checkpoint: one ZeRO-3 partition of weights and optimizer state per process.
         zero_dir = checkpoint / "global_step2"
         model_states = sorted(p.name for p in zero_dir.glob("zero_pp_rank_*_model_states.pt"))
-        assert model_states == ["zero_pp_rank_0_mp_rank_00_model_states.pt", "zero_pp_rank_1_mp_rank_00_model_states.pt"]
+        assert model_states == [
+            "zero_pp_rank_0_mp_rank_00_model_states.pt", "zero_pp_rank_1_mp_rank_00_model_states.pt"
+        ]
         assert len(list(zero_dir.glob("*zero_pp_rank_*_optim_states.pt"))) == 2
         states = torch.load(zero_dir / model_states[0], map_location="cpu", weights_only=False)
         assert states["ds_config"]["zero_optimization"]["stage"] == 3 and states["ds_version"] == "0.19.8"
@@ -216,8 +219,11 @@ def test_the_train_begin_check_refuses_a_run_that_is_not_sharded_as_launched(tmp
                           args=small_args(tmp_path, use_cpu=True), train_dataset=toy_dataset(), processing_class=tok)
     model = trainer.model
     assert sharding.layout_problem(None, 1, model) is None
-    assert "ZeRO-3 was asked for, accelerate runs NO" in sharding.layout_problem({"kind": "deepspeed", "stage": 3}, 1, model)
+    assert "ZeRO-3 was asked for, accelerate runs NO" in sharding.layout_problem(
+        {"kind": "deepspeed", "stage": 3}, 1, model
+    )
     assert "FSDP was asked for" in sharding.layout_problem({"kind": "fsdp", "version": 2}, 1, model)
     assert "2 were started" in sharding.layout_problem({"kind": "fsdp", "version": 2}, 2, model)
     with pytest.raises(sharding.ShardingError, match="did not shard"):
-        sharding.ShardingCheck({"kind": "deepspeed", "stage": 2}, 1).on_train_begin(trainer.args, None, None, model=model)
+        check = sharding.ShardingCheck({"kind": "deepspeed", "stage": 2}, 1)
+        check.on_train_begin(trainer.args, None, None, model=model)

@@ -90,8 +90,9 @@ def test_every_seed_flag_parses_and_reaches_the_config(tmp_path):
 
 def test_yaml_recipe_and_cli_override(tmp_path):
     recipe = tmp_path / "r.yaml"
-    recipe.write_text("model_name_or_path: smollm2-135m\nepsilon_high: 0.3\nnum_generations: 4\nmax_completion_length: 64\n"
-                      "overlong_buffer_len: 16\ngradient_accumulation_steps: 2\nper_device_train_batch_size: 2\n")
+    recipe.write_text("model_name_or_path: smollm2-135m\nepsilon_high: 0.3\nnum_generations: 4\n"
+                      "max_completion_length: 64\noverlong_buffer_len: 16\ngradient_accumulation_steps: 2\n"
+                      "per_device_train_batch_size: 2\n")
     _, cfg, model = make_parser().parse_args_and_config(
         ["--config", str(recipe), "--output_dir", str(tmp_path), "--num_generations", "2"]
     )
@@ -121,7 +122,8 @@ def test_defaults_reproduce_the_reference_recipe(tmp_path):
         (dict(per_device_train_batch_size=3, gradient_accumulation_steps=1, num_mini_batches=1, num_generations=2),
          "not a multiple of --num_generations"),
         (dict(reward_mode="fuzzy"), "--reward_mode 'fuzzy': is not one of"),
-        (dict(filter_groups_enable=True, filter_groups_metric="accuracy"), "--filter_groups_metric 'accuracy': must be one of"),
+        (dict(filter_groups_enable=True, filter_groups_metric="accuracy"),
+         "--filter_groups_metric 'accuracy': must be one of"),
         (dict(filter_groups_enable=True, filter_groups_carry_over=True, num_mini_batches=1),
          "--filter_groups_carry_over: trains on groups generated one rollout earlier"),
     ],
@@ -145,7 +147,8 @@ def test_cli_errors_stop_before_the_model_loads(tmp_path):
     ]
     for extra, message in cases:
         proc = subprocess.run(
-            [sys.executable, "train_dapo.py", "--config", "recipes/quick_test.yaml", "--output_dir", str(tmp_path / "o"), *extra],
+            [sys.executable, "train_dapo.py", "--config", "recipes/quick_test.yaml",
+             "--output_dir", str(tmp_path / "o"), *extra],
             cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"},
         )
         assert proc.returncode != 0, extra
@@ -171,7 +174,8 @@ def _clip_metrics(tmp_path, epsilon_high, ratios, advantages):
         "prompt_ids": prompt_ids, "prompt_mask": torch.ones_like(prompt_ids), "completion_ids": completion_ids,
         "completion_mask": mask, "advantages": torch.tensor(advantages, dtype=torch.float),
         # ratio = exp(logp - old_logp): choose old_logp so that the ratios are exactly the given ones
-        "old_per_token_logps": logps - torch.log(torch.tensor(ratios)), "num_items_in_batch": mask.sum() * args.steps_per_generation,
+        "old_per_token_logps": logps - torch.log(torch.tensor(ratios)),
+        "num_items_in_batch": mask.sum() * args.steps_per_generation,
     }
     trainer.model.train()
     trainer.current_gradient_accumulation_steps = 1  # normally set by Trainer's training loop
@@ -242,7 +246,8 @@ def test_end_to_end_with_dapo_rewards_and_tensorboard(tmp_path):
     acc = EventAccumulator(os.path.dirname(run_dirs[0]))
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
-    for name in ["loss", "reward/mean", "reward/std", "learning_rate", "clip_ratio/low_mean", "clip_ratio/high_mean", "entropy"]:
+    for name in ["loss", "reward/mean", "reward/std", "learning_rate",
+                 "clip_ratio/low_mean", "clip_ratio/high_mean", "entropy"]:
         assert f"train/{name}" in tags, name
 
 

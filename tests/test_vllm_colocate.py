@@ -158,7 +158,8 @@ def instrument(trainer) -> dict:
         rec["batches"].append(sorted(out))
         return out
 
-    gen.sync_weights, gen.generate, trainer._generate_and_score_completions = sync_wrapper, generate_wrapper, score_wrapper
+    gen.sync_weights, gen.generate = sync_wrapper, generate_wrapper
+    trainer._generate_and_score_completions = score_wrapper
     return rec
 
 

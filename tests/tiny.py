@@ -70,7 +70,10 @@ def make_toy_correctness(tokenizer):
     """+1 iff the first completion token is the prompt's target symbol (chance ~1/16)."""
 
     def correctness(completion_ids, answer, **kwargs):
-        return [1.0 if ids and ids[0] == tokenizer.convert_tokens_to_ids(a) else -1.0 for ids, a in zip(completion_ids, answer, strict=True)]
+        return [
+            1.0 if ids and ids[0] == tokenizer.convert_tokens_to_ids(a) else -1.0
+            for ids, a in zip(completion_ids, answer, strict=True)
+        ]
 
     return correctness
 
@@ -88,7 +91,8 @@ def greedy_accuracy(model, tokenizer) -> float:
     model.eval()
     hits = 0
     for p in PROMPTS:
-        ids = tokenizer(tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False), return_tensors="pt")
+        text = tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False)
+        ids = tokenizer(text, return_tensors="pt")
         with torch.no_grad():
             logits = model(**ids).logits[0, -1]
         hits += int(logits.argmax().item() == tokenizer.convert_tokens_to_ids(TARGET[p]))
@@ -100,7 +104,8 @@ def sampled_accuracy(model, tokenizer) -> float:
     model.eval()
     probs = []
     for p in PROMPTS:
-        ids = tokenizer(tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False), return_tensors="pt")
+        text = tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False)
+        ids = tokenizer(text, return_tensors="pt")
         with torch.no_grad():
             logits = model(**ids).logits[0, -1]
         probs.append(torch.softmax(logits.float(), -1)[tokenizer.convert_tokens_to_ids(TARGET[p])].item())
