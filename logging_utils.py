@@ -499,12 +499,17 @@ def _isatty(stream) -> bool:
         return False
 
 
-# The progress bar / printer the Trainer adds, minus the raw metric dict they print for every optimizer step
-# (ConsoleLogCallback prints those steps; eval results and the end-of-training summary still go through).
-# The full dicts are in TensorBoard / W&B and ``trainer.state.log_history``.
+def _is_eval_log(logs: dict) -> bool:
+    """The in-training evaluation's metrics (eval_callback prints its own line for them)."""
+    return any(key.startswith("eval_avg@") for key in logs)
+
+
+# The progress bar / printer the Trainer adds, minus the raw metric dicts they print for every optimizer step
+# and evaluation (ConsoleLogCallback and the evaluation print readable lines for those; the end-of-training
+# summary still goes through). The full dicts are in TensorBoard / W&B and ``trainer.state.log_history``.
 class _WithoutStepDicts:
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if not (logs and _is_step_log(logs)):
+        if not (logs and (_is_step_log(logs) or _is_eval_log(logs))):
             super().on_log(args, state, control, logs=logs, **kwargs)
 
 

@@ -422,3 +422,15 @@ def test_dashboard_and_summary(run, tmp_path):
     assert other.read_bytes()[:8] == PNG_SIGNATURE
     assert rr.main(["summary", str(out), "--out", str(tmp_path / "s.md")]) == 0
     assert (tmp_path / "s.md").read_text(encoding="utf-8") == summary
+
+
+def test_quiet_printer_drops_step_and_eval_dicts_but_keeps_the_end_of_training_summary(capsys):
+    from transformers import TrainerControl, TrainerState
+
+    cb, state, control = lu.QuietPrinterCallback(), TrainerState(), TrainerControl()
+    cb.on_log(None, state, control, logs={"loss": 0.5, "reward": -1.0, "step_time": 3.0})
+    cb.on_log(None, state, control, logs={"eval_avg@4": 0.7, "eval_pass@4": 0.84, "epoch": 0.2})
+    cb.on_log(None, state, control, logs={"train_runtime": 219.3, "train_loss": 0.18})
+    out = capsys.readouterr().out
+    assert "train_runtime" in out and "219.3" in out
+    assert "eval_avg@4" not in out and "step_time" not in out
