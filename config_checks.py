@@ -158,8 +158,12 @@ def check_reward_mode(mode: str, flag: str = "--reward_mode") -> list[str]:
     return [] if mode in MODES else [f"{flag} {mode!r}: is not one of {', '.join(MODES)}."]
 
 
+#: The named prompt templates (dataset_utils renders them); any other template is a text containing {problem}.
+PROMPT_TEMPLATES = ("dapo", "boxed", "none")
+
+
 def check_prompt_template(template: str, flag: str = "--prompt_template") -> list[str]:
-    if template in ("dapo", "boxed", "none") or "{problem}" in str(template):
+    if template in PROMPT_TEMPLATES or "{problem}" in str(template):
         return []
     return [f"{flag} {template!r}: must be dapo, boxed, none or a text containing {{problem}}."]
 

@@ -29,6 +29,7 @@ import random
 import re
 
 from chat_text import render_prompt
+from config_checks import PROMPT_TEMPLATES, check_prompt_template
 from data_columns import FLAGS_HINT, answer_text, problem_text, resolve_columns
 from data_sources import BUNDLED_DATASETS, DatasetError, alternatives_hint, describe_bundled, open_source
 
@@ -61,7 +62,7 @@ BOXED_INSTRUCTION = "Please reason step by step, and put your final answer withi
 #: The DAPO paper's training set on the Hugging Face Hub.
 DAPO_MATH_HUB_ID = "BytedTsinghua-SIA/DAPO-Math-17k"
 
-TEMPLATES = ("dapo", "boxed", "none")
+TEMPLATES = PROMPT_TEMPLATES
 
 _BAD_ROW_EXAMPLES = 5
 _LENGTH_CHUNK = 512  # prompts tokenized per call of the prompt-length filter
@@ -73,7 +74,7 @@ _LENGTH_CHUNK = 512  # prompts tokenized per call of the prompt-length filter
 
 
 def _check_template(template: str) -> None:
-    if template not in TEMPLATES and "{problem}" not in str(template):
+    if check_prompt_template(template):
         raise DatasetError(f"unknown prompt template {template!r}: use one of {', '.join(TEMPLATES)} "
                            "or a string containing '{problem}'")
 
