@@ -173,6 +173,9 @@ def maybe_log_samples(trainer, monitor: RunMonitor) -> list[dict] | None:
     monitor.last_sample_tokens = tokens
     if rows:
         write_samples(rows, args.output_dir, step, tb_writer=_tb_writer(trainer), use_wandb=_reports_to(args, "wandb"))
+        for cb in trainer.callback_handler.callbacks:
+            if isinstance(cb, ConsoleLogCallback):
+                cb.write_samples(rows, step)
     return rows
 
 
@@ -414,6 +417,17 @@ def _is_step_log(logs: dict) -> bool:
     return "loss" in logs or "reward" in logs
 
 
+def format_sample_line(row: dict, width: int = 72) -> str:
+    """``  What is 3 + 4? -> '3 + 4 = 7' | answer 7, pred 7, reward 1.00`` (the completion on one line, cut)."""
+    completion = " ".join(str(row.get("completion") or "").split())
+    if len(completion) > width:
+        completion = completion[: width - 3] + "..."
+    reward = row.get("reward")
+    reward = "-" if reward is None else f"{reward:.2f}"
+    verdict = f"answer {row.get('answer')}, pred {row.get('pred')}, reward {reward}"
+    return f"  {row.get('problem')} -> {completion!r} | {verdict}"
+
+
 class ConsoleLogCallback(TrainerCallback):
     """One readable line per logged optimizer step, on the main process only.
 
@@ -457,6 +471,13 @@ class ConsoleLogCallback(TrainerCallback):
                 self._carried[key] = logs[key]
         self._last_time, self._last_step = now, state.global_step
         self._write(line)
+
+    def write_samples(self, rows: list[dict], step: int) -> None:
+        """A few sampled completions of the rollout, one line each (every field is in samples.jsonl)."""
+        self._write(f"[dapo] {len(rows)} sampled completions of the rollout at step {step} "
+                    f"(all fields: {SAMPLES_FILE})")
+        for row in rows:
+            self._write(format_sample_line(row))
 
     def _write(self, line: str) -> None:
         # The progress bar stays on the line the cursor is on, so the line must not be written straight after it.

@@ -434,3 +434,19 @@ def test_quiet_printer_drops_step_and_eval_dicts_but_keeps_the_end_of_training_s
     out = capsys.readouterr().out
     assert "train_runtime" in out and "219.3" in out
     assert "eval_avg@4" not in out and "step_time" not in out
+
+
+def test_sampled_completions_are_shown_on_the_console(run):
+    console = run["console"]
+    samples = [json.loads(line) for line in (run["out"] / lu.SAMPLES_FILE).read_text(encoding="utf-8").splitlines()]
+    assert console.count("sampled completions of the rollout at step") == 2
+    for s in samples:  # each sample's line: problem, answer and prediction as in samples.jsonl
+        assert f"  {s['problem']} -> " in console and f"| answer {s['answer']}, pred {s['pred']}, reward" in console
+
+
+def test_a_sample_line_is_one_short_line():
+    row = {"problem": "What is 3 + 4?", "completion": "Well,\nthe sum is " + "very " * 40 + "7", "answer": "7",
+           "pred": "7", "reward": 1.0}
+    line = lu.format_sample_line(row)
+    assert "\n" not in line and line.startswith("  What is 3 + 4? -> 'Well, the sum is very")
+    assert line.endswith("...' | answer 7, pred 7, reward 1.00") and len(line) < 140
