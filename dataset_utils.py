@@ -62,7 +62,6 @@ BOXED_INSTRUCTION = "Please reason step by step, and put your final answer withi
 #: The DAPO paper's training set on the Hugging Face Hub.
 DAPO_MATH_HUB_ID = "BytedTsinghua-SIA/DAPO-Math-17k"
 
-TEMPLATES = PROMPT_TEMPLATES
 
 _BAD_ROW_EXAMPLES = 5
 _LENGTH_CHUNK = 512  # prompts tokenized per call of the prompt-length filter
@@ -75,7 +74,7 @@ _LENGTH_CHUNK = 512  # prompts tokenized per call of the prompt-length filter
 
 def _check_template(template: str) -> None:
     if check_prompt_template(template):
-        raise DatasetError(f"unknown prompt template {template!r}: use one of {', '.join(TEMPLATES)} "
+        raise DatasetError(f"unknown prompt template {template!r}: use one of {', '.join(PROMPT_TEMPLATES)} "
                            "or a string containing '{problem}'")
 
 
@@ -241,7 +240,7 @@ def load_dapo_dataset(
 
     result = datasets.Dataset.from_list([records[i] for i in order])
     logger.info("loaded %d prompts from %s (template=%s)", len(result), source.description,
-                template if template in TEMPLATES else "custom")
+                template if template in PROMPT_TEMPLATES else "custom")
     return result
 
 
