@@ -173,9 +173,8 @@ def maybe_log_samples(trainer, monitor: RunMonitor) -> list[dict] | None:
     monitor.last_sample_tokens = tokens
     if rows:
         write_samples(rows, args.output_dir, step, tb_writer=_tb_writer(trainer), use_wandb=_reports_to(args, "wandb"))
-        for cb in trainer.callback_handler.callbacks:
-            if isinstance(cb, ConsoleLogCallback):
-                cb.write_samples(rows, step)
+        for cb in _console_callbacks(trainer):
+            cb.write_samples(rows, step)
     return rows
 
 
@@ -542,12 +541,16 @@ class QuietPrinterCallback(_WithoutStepDicts, PrinterCallback):  # with --disabl
     pass
 
 
+def _console_callbacks(trainer) -> list:
+    return [cb for cb in trainer.callback_handler.callbacks if isinstance(cb, ConsoleLogCallback)]
+
+
 def quiet_step_logs(trainer) -> None:
     """With a ConsoleLogCallback among the trainer's callbacks, swap the Trainer's progress bar / printer for
     the quiet version, through the Trainer's callback API."""
-    callbacks = trainer.callback_handler.callbacks
-    if not any(isinstance(cb, ConsoleLogCallback) for cb in callbacks):
+    if not _console_callbacks(trainer):
         return
+    callbacks = trainer.callback_handler.callbacks
     for loud, quiet in ((ProgressCallback, QuietProgressCallback), (PrinterCallback, QuietPrinterCallback)):
         for cb in [cb for cb in callbacks if type(cb) is loud]:
             trainer.remove_callback(cb)
